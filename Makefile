@@ -1,0 +1,48 @@
+# Everything a fresh machine needs is installed from here: the Python venv, the
+# pip packages, the MariaDB client headers that mysqlclient compiles against and,
+# for the tests, mariadb-server.  Run as root or with sudo available.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+LISTEN ?= 127.0.0.1:8080
+URL    ?= http://127.0.0.1:8080
+DATA   ?= ../shared/data/npm-packages.tsv
+
+.PHONY: install run test load schema mariadb clean
+
+install: $(STAMP)
+
+# mysqlclient builds against libmariadb (pkg-config finds it).
+$(STAMP): requirements.txt
+	@pkg-config --exists libmariadb 2>/dev/null || \
+	  { $(APT) update -q && $(APT) install -y -q libmariadb-dev pkg-config; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+# The test suite starts its own mariadbd processes; install the server once.
+mariadb:
+	@command -v mariadbd >/dev/null 2>&1 || test -x /usr/sbin/mariadbd || \
+	  { $(APT) update -q && $(APT) install -y -q mariadb-server; }
+
+run: $(STAMP)
+	$(PY) controller.py $(LISTEN)
+
+test: $(STAMP) mariadb
+	$(PY) -m nose2 -v -s test
+
+# Create the schema on every partition of the configuration (idempotent).
+schema: $(STAMP)
+	$(PY) datastore.py schema
+
+# PUT every row of the npm data set into a running service, then verify it.
+load: $(STAMP)
+	$(PY) load.py --url $(URL) $(DATA)
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,48 @@
+-- Schema of one partition of the key-value store.
+--
+-- Apply it to every partition with `make schema` (python datastore.py schema):
+-- every statement is idempotent, so running it again changes nothing.
+-- The SQLite engine reads this same file (datastore.py translates the two
+-- MySQL-only spellings: VARBINARY/MEDIUMBLOB become BLOB and the table option
+-- ENGINE=InnoDB is dropped), so the two engines cannot drift apart.
+-- All times are microseconds since the Unix epoch (UTC), written by the web
+-- node that handled the write (see datastore.now_us).
+
+CREATE TABLE IF NOT EXISTS kv_rows (
+    -- Namespace of the key; the HTTP API's /keys is the bucket 'default'.
+    bucket      VARBINARY(64)  NOT NULL,
+    -- The key as UTF-8 bytes (1 to 512). VARBINARY compares byte by byte,
+    -- so ORDER BY k is the key order the listing API promises.
+    k           VARBINARY(512) NOT NULL,
+    -- The value, 0 to 16 MiB - 1 bytes (MEDIUMBLOB's maximum); empty for a
+    -- tombstone. Servers need max_allowed_packet above max_value_bytes.
+    value       MEDIUMBLOB     NOT NULL,
+    -- 1 on first write, +1 on every write of the key (tombstones included).
+    version     BIGINT         NOT NULL,
+    -- When the current incarnation of the key was created (microseconds).
+    created_us  BIGINT         NOT NULL,
+    -- When the key was last written (microseconds); newest wins in sync.
+    modified_us BIGINT         NOT NULL,
+    -- When the key expires (microseconds), NULL for never. An expired row
+    -- is absent for every operation and purged by sync.
+    expires_us  BIGINT         NULL,
+    -- 1 for a tombstone: the key was deleted at modified_us. Kept so that
+    -- sync copies the delete instead of resurrecting an old replica.
+    deleted     TINYINT        NOT NULL DEFAULT 0,
+    -- When this partition last stored the row (microseconds), by a client
+    -- write or by sync: the watermark column of sync's incremental scan.
+    changed_us  BIGINT         NOT NULL,
+    PRIMARY KEY (bucket, k)
+) ENGINE=InnoDB;
+
+-- Sync reads "rows changed since the watermark" with this index.
+CREATE INDEX IF NOT EXISTS kv_rows_changed ON kv_rows (changed_us);
+
+-- Sync's state that must be shared by every host that may run the cron:
+-- the per-partition watermark and the lease of the cluster-wide lock.
+CREATE TABLE IF NOT EXISTS kv_sync_state (
+    name        VARBINARY(64)  NOT NULL,
+    value       VARBINARY(255) NOT NULL,
+    updated_us  BIGINT         NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB;

@@ -1,0 +1,473 @@
+"""This module provides the data layer of the key-value service.
+
+It places every key on ``replicas`` of the configured partitions with
+rendezvous hashing, reads and writes them through a :class:`Partition`
+(MySQL via mysqlclient, or embedded SQLite), and merges the partitions'
+sorted key streams for listing.  It knows nothing of HTTP: the controller maps
+the exceptions below to status codes, and ``sync.py`` uses the same classes.
+
+Command line: ``python datastore.py schema`` applies ``database_definition.sql``
+to every configured partition (idempotent).
+"""
+
+import argparse
+import base64
+import dataclasses
+import hashlib
+import logging
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from configuration import (ConfigurationError, Settings, load_config,
+                           PartitionSettings)  # noqa: F401 (re-exported)
+from partitions import (Condition, DatastoreError, InvalidKey, InvalidRequest,
+                        KeyExists, KeyNotFound, Partition, PartitionUnavailable,
+                        PreconditionFailed, Record, ValueTooLarge, make_partition,
+                        now_us, winner_key)
+
+__all__ = [
+    "Datastore", "Listing", "placement", "check_key", "encode_cursor", "decode_cursor",
+    "Condition", "Record", "DatastoreError", "InvalidKey", "InvalidRequest",
+    "KeyExists", "KeyNotFound", "PartitionUnavailable", "PreconditionFailed",
+    "ValueTooLarge", "ConfigurationError", "load_config", "now_us", "winner_key",
+]
+
+log = logging.getLogger("kv.datastore")
+
+MAX_KEY_BYTES = 512
+MAX_TTL_SECONDS = 315360000  # ten years, API.md
+DEFAULT_BUCKET = b"default"
+_CONTROL = frozenset(range(0x20)) | {0x7F}
+
+
+def check_key(key: bytes) -> bytes:
+    """Validate a key as API.md defines it and return it unchanged.
+
+    :param bytes key: the key as UTF-8 bytes.
+    :returns: ``key``.
+    :raises InvalidKey: when the key is empty, longer than 512 bytes, not UTF-8
+        or contains a control character (U+0000 to U+001F, U+007F).
+    """
+    if not key:
+        raise InvalidKey("the key is empty")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidKey("the key is %d bytes long; at most %d are allowed"
+                         % (len(key), MAX_KEY_BYTES))
+    if _CONTROL.intersection(key):
+        raise InvalidKey("the key contains a control character")
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKey("the key is not valid UTF-8") from None
+    return key
+
+
+def _ranking(bucket: bytes, key: bytes, names: Sequence[str]) -> List[str]:
+    """All partition names in rendezvous order for (bucket, key), best first."""
+    suffix = b"\x00" + bucket + b"\x00" + key
+    scored = [(hashlib.blake2b(name.encode("utf-8") + suffix, digest_size=8).digest(), name)
+              for name in names]
+    scored.sort(reverse=True)
+    return [name for _, name in scored]
+
+
+def placement(bucket: bytes, key: bytes, names: Sequence[str], replicas: int) -> List[str]:
+    """Return the partitions that store (bucket, key), in serving order.
+
+    Rendezvous (highest random weight) hashing: every partition name gets the
+    score blake2b-64(name NUL bucket NUL key) and the ``replicas`` highest
+    scores win, ties broken by the greater name.  Adding a partition moves a key
+    only if the new partition enters its top ``replicas``, about
+    replicas/(N+1) of the keys, and never between two old partitions.  NUL
+    cannot occur in names, buckets or keys, so the hashed bytes are unambiguous.
+    Source: Thaler and Ravishankar, "Using Name-Based Mappings to Increase Hit
+    Rates", IEEE/ACM Transactions on Networking 6(1), 1998.
+
+    :param bytes bucket: the namespace (``b"default"`` for /keys).
+    :param bytes key: the key, UTF-8 bytes.
+    :param names: the partition names (configuration section names).
+    :param int replicas: how many partitions to return (1 to len(names)).
+    :returns: list of ``replicas`` partition names, first = preferred.
+    """
+    return _ranking(bucket, key, names)[:replicas]
+
+
+def _successor(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string starting with prefix.
+
+    Valid UTF-8 never contains 0xFF, so incrementing the last byte suffices.
+    """
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def encode_cursor(position: Tuple[bytes, bool]) -> str:
+    """Encode a listing position (key, inclusive) as an opaque URL-safe cursor."""
+    key, inclusive = position
+    return base64.urlsafe_b64encode((b"i" if inclusive else b"x") + key).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> Tuple[bytes, bool]:
+    """Decode a cursor made by :func:`encode_cursor`.
+
+    :returns: (key, inclusive) where the listing resumes.
+    :raises InvalidRequest: when the cursor was not made by this service.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, TypeError):
+        raise InvalidRequest("the cursor is not valid") from None
+    if len(raw) < 2 or raw[:1] not in (b"i", b"x"):
+        raise InvalidRequest("the cursor is not valid")
+    return raw[1:], raw[:1] == b"i"
+
+
+@dataclasses.dataclass
+class Listing:
+    """One page of a listing.
+
+    ``items``: live records in key order (values empty unless asked for);
+    ``prefixes``: common prefixes (bytes) when a delimiter was given;
+    ``next``: the opaque cursor of the next page, or None on the last page;
+    ``unavailable``: names of partitions that could not be read (the page may
+    miss keys whose every copy is on them).
+    """
+    items: List[Record]
+    prefixes: List[bytes]
+    next: Optional[str]
+    unavailable: List[str]
+
+
+class _Stream:
+    """A lazily fetched, sorted stream of one partition's rows for a listing."""
+
+    def __init__(self, partition, bucket, start, inclusive, end, values, batch):
+        self.partition, self.bucket, self.end = partition, bucket, end
+        self.values, self.batch = values, batch
+        self.position = (start, inclusive)
+        self.rows: List[Record] = []
+        self.index = 0
+        self.exhausted = False
+
+    def peek(self) -> Optional[Record]:
+        if self.index >= len(self.rows) and not self.exhausted:
+            start, inclusive = self.position
+            self.rows = self.partition.scan(self.bucket, start, inclusive, self.end,
+                                            self.batch, self.values)
+            self.index = 0
+            self.exhausted = len(self.rows) < self.batch
+            if self.rows:
+                self.position = (self.rows[-1].key, False)
+        return self.rows[self.index] if self.index < len(self.rows) else None
+
+    def pop(self) -> None:
+        self.index += 1
+
+    def seek(self, key: bytes) -> None:
+        """Skip every row with a key below ``key``."""
+        while self.index < len(self.rows) and self.rows[self.index].key < key:
+            self.index += 1
+        if self.index >= len(self.rows) and not self.exhausted:
+            self.position = (key, True)
+
+
+class Datastore:
+    """The cluster: routes every operation to the partitions of a key's placement.
+
+    It mirrors a partition's API at the level of live keys.  Reads go to the
+    first reachable partition of the placement; on a miss there (no row, a
+    tombstone or an expired row) the other replicas and the next partition in
+    rendezvous order (where a key sat before the last partition was added) are
+    read too, and the newest copy by :func:`winner_key` answers.  Writes commit
+    on the first reachable partition of the placement.  Expired keys and
+    tombstones are absent for every operation.
+
+    :param Settings settings: from :func:`configuration.load_config`.
+    :param partitions: optional ready partitions by name (tests inject them).
+    """
+
+    def __init__(self, settings: Settings, partitions=None):
+        self.settings = settings
+        self.replicas = settings.replicas
+        self.partitions = partitions or {p.name: make_partition(p) for p in settings.partitions}
+        self.names = sorted(self.partitions)
+
+    @classmethod
+    def from_config(cls, path: Optional[str] = None) -> "Datastore":
+        """Build a Datastore from ``path``, ``$KV_CONFIG`` or configuration.cfg."""
+        return cls(load_config(path))
+
+    def close(self) -> None:
+        """Close every partition's connections."""
+        for partition in self.partitions.values():
+            partition.close()
+
+    # -- placement -------------------------------------------------------
+    def placement(self, bucket: bytes, key: bytes) -> List[Partition]:
+        """The partitions of (bucket, key)'s placement, in serving order."""
+        return [self.partitions[n] for n in placement(bucket, key, self.names, self.replicas)]
+
+    def _candidates(self, bucket: bytes, key: bytes) -> Tuple[List[Partition], List[Partition]]:
+        """(placement, lookaside): lookaside is the next partition in rendezvous order."""
+        ranking = [self.partitions[n] for n in _ranking(bucket, key, self.names)]
+        return ranking[:self.replicas], ranking[self.replicas:self.replicas + 1]
+
+    # -- reads -----------------------------------------------------------
+    def get(self, bucket: bytes, key: bytes) -> Tuple[Record, str]:
+        """Read a live key.
+
+        :param bytes bucket: the namespace.
+        :param bytes key: the key (validated with :func:`check_key`).
+        :returns: (record, name of the partition that answered).
+        :raises InvalidKey: for an invalid key.
+        :raises KeyNotFound: when no reachable copy is live.
+        :raises PartitionUnavailable: when nothing live was found and a partition
+            of the placement could not be read.
+        """
+        check_key(key)
+        now = now_us()
+        placed, lookaside = self._candidates(bucket, key)
+        found: List[Tuple[Record, Partition]] = []
+        unavailable = []
+        for partition in placed + lookaside:
+            try:
+                record = partition.read(bucket, key)
+            except PartitionUnavailable:
+                if partition in placed:
+                    unavailable.append(partition.name)
+                continue
+            if record is not None:
+                if not found and not unavailable and record.is_live(now) and partition in placed:
+                    return record, partition.name
+                found.append((record, partition))
+        if found:
+            record, partition = max(found, key=lambda pair: winner_key(pair[0]))
+            if record.is_live(now):
+                return record, partition.name
+        if unavailable:
+            raise PartitionUnavailable(unavailable)
+        raise KeyNotFound(key)
+
+    def _newest_elsewhere(self, bucket: bytes, key: bytes, exclude: Partition) -> Optional[Record]:
+        """The newest copy of the key on the other candidates (unreachable ones skipped)."""
+        placed, lookaside = self._candidates(bucket, key)
+        newest = None
+        for partition in placed + lookaside:
+            if partition is exclude:
+                continue
+            try:
+                record = partition.read(bucket, key)
+            except PartitionUnavailable:
+                continue
+            if record is not None and (newest is None or winner_key(record) > winner_key(newest)):
+                newest = record
+        return newest
+
+    # -- writes ----------------------------------------------------------
+    def _write(self, bucket: bytes, key: bytes, make) -> Tuple[Record, Optional[Record], str]:
+        unavailable = []
+        for partition in self.placement(bucket, key):
+            try:
+                record, previous = partition.write(
+                    bucket, key, make,
+                    lambda: self._newest_elsewhere(bucket, key, partition))
+            except PartitionUnavailable:
+                unavailable.append(partition.name)
+                continue
+            return record, previous, partition.name
+        raise PartitionUnavailable(unavailable)
+
+    def put(self, bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[int] = None,
+            condition: Condition = Condition()) -> Tuple[Record, bool, str]:
+        """Create or replace a key (upsert), atomically checking ``condition``.
+
+        :param bytes value: 0 to ``max_value_bytes`` bytes.
+        :param int ttl_seconds: seconds until the key expires, 1 to 315360000,
+            or None for never (a write without TTL clears an earlier one).
+        :param Condition condition: preconditions (If-Match, If-None-Match,
+            create-only), checked on the partition in the same transaction as
+            the write (RFC 9110 section 13.1).
+        :returns: (record written, True if the key did not exist before,
+            partition name).
+        :raises InvalidKey, InvalidRequest, ValueTooLarge: for bad input.
+        :raises PreconditionFailed: when an If-Match/If-None-Match fails.
+        :raises KeyExists: for a create-only write of an existing key.
+        :raises PartitionUnavailable: when no partition of the placement answers.
+        """
+        check_key(key)
+        if len(value) > self.settings.max_value_bytes:
+            raise ValueTooLarge(len(value), self.settings.max_value_bytes)
+        if ttl_seconds is not None and not (isinstance(ttl_seconds, int)
+                                            and 1 <= ttl_seconds <= MAX_TTL_SECONDS):
+            raise InvalidRequest("ttl must be a whole number of seconds from 1 to %d"
+                                 % MAX_TTL_SECONDS)
+
+        def make(current: Optional[Record], now: int) -> Record:
+            live = condition.check(current, now)
+            version, modified = _next_version(current, now)
+            expires = modified + ttl_seconds * 1_000_000 if ttl_seconds else None
+            return Record(bucket, key, value, version, live.created_us if live else modified,
+                          modified, expires, False)
+
+        record, previous, name = self._write(bucket, key, make)
+        return record, previous is None or not previous.is_live(record.modified_us), name
+
+    def delete(self, bucket: bytes, key: bytes,
+               condition: Condition = Condition()) -> Tuple[Record, str]:
+        """Delete a live key by writing a tombstone (which sync copies).
+
+        :returns: (the tombstone written, partition name).
+        :raises KeyNotFound: when the key is absent or expired.
+        :raises PreconditionFailed, InvalidKey, PartitionUnavailable: as for put.
+        """
+        check_key(key)
+
+        def make(current: Optional[Record], now: int) -> Record:
+            live = condition.check(current, now)
+            if live is None:
+                raise KeyNotFound(key)
+            version, modified = _next_version(current, now)
+            return Record(bucket, key, b"", version, live.created_us, modified, None, True)
+
+        record, _, name = self._write(bucket, key, make)
+        return record, name
+
+    # -- listing ---------------------------------------------------------
+    def list(self, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
+             cursor: Optional[str] = None, limit: int = 100, values: bool = False) -> Listing:
+        """List live keys in byte order, merging every partition's sorted rows.
+
+        Each live key appears once (the newest copy wins, tombstones hide older
+        copies).  With a delimiter, keys containing it after the prefix are
+        rolled up into one common prefix each, as S3 ListObjectsV2 does; a
+        prefix counts as one entry towards ``limit``.  Memory is bounded by
+        partitions x (limit + 1) rows.
+
+        :param bytes prefix: only keys starting with these bytes.
+        :param bytes delimiter: roll-up delimiter, or empty for none.
+        :param str cursor: ``Listing.next`` of the previous page, or None.
+        :param int limit: entries per page, 1 to 1000.
+        :param bool values: include values in the records.
+        :returns: :class:`Listing`.
+        :raises InvalidRequest: for a bad cursor or limit.
+        :raises PartitionUnavailable: when ``replicas`` or more partitions are
+            down, so some keys could have no readable copy.
+        """
+        if not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be from 1 to 1000")
+        start, inclusive = (prefix, True)
+        if cursor:
+            position = decode_cursor(cursor)
+            if position[0] >= prefix:
+                start, inclusive = position
+        end = _successor(prefix) if prefix else None
+        streams = [_Stream(p, bucket, start, inclusive, end, values, limit + 1)
+                   for p in (self.partitions[n] for n in self.names)]
+        unavailable: List[str] = []
+        now = now_us()
+        entries = []  # (record or None, prefix or None, resume position)
+        while len(entries) <= limit:
+            heads = []
+            for stream in list(streams):
+                try:
+                    head = stream.peek()
+                except PartitionUnavailable:
+                    streams.remove(stream)
+                    unavailable.append(stream.partition.name)
+                    if len(unavailable) >= self.replicas:
+                        raise PartitionUnavailable(unavailable) from None
+                    continue
+                if head is not None:
+                    heads.append((stream, head))
+            if not heads:
+                break
+            key = min(head.key for _, head in heads)
+            copies = [head for _, head in heads if head.key == key]
+            for stream, head in heads:
+                if head.key == key:
+                    stream.pop()
+            winner = max(copies, key=winner_key)
+            if not winner.is_live(now):
+                continue
+            cut = key.find(delimiter, len(prefix)) if delimiter else -1
+            if cut >= 0:
+                common = key[:cut + len(delimiter)]
+                resume = _successor(common)
+                for stream in streams:
+                    stream.seek(resume)
+                entries.append((None, common, (resume, True)))
+            else:
+                entries.append((winner, None, (key, False)))
+        next_cursor = None
+        if len(entries) > limit:
+            entries = entries[:limit]
+            next_cursor = encode_cursor(entries[-1][2])
+        return Listing([e[0] for e in entries if e[0] is not None],
+                       [e[1] for e in entries if e[1] is not None], next_cursor, unavailable)
+
+    # -- health ----------------------------------------------------------
+    def health(self) -> List[Tuple[str, str, Optional[str]]]:
+        """Ping every partition.
+
+        :returns: list of (partition name, engine, None if up else a short
+            client-safe reason), in name order.
+        """
+        report = []
+        for name in self.names:
+            partition = self.partitions[name]
+            try:
+                partition.ping()
+                report.append((name, partition.engine, None))
+            except PartitionUnavailable as e:
+                report.append((name, partition.engine, e.reason or "unreachable"))
+        return report
+
+    def apply_schema(self) -> None:
+        """Apply database_definition.sql to every partition (idempotent).
+
+        :raises PartitionUnavailable: when a partition cannot be reached.
+        """
+        for name in self.names:
+            self.partitions[name].apply_schema()
+
+
+def _next_version(current: Optional[Record], now: int) -> Tuple[int, int]:
+    """(version, modified_us) of the next write after ``current``.
+
+    The version continues through tombstones and expiry; modified_us never goes
+    backwards for a key, so the newest write also wins when web nodes' clocks
+    disagree by less than the time between two writes of the key.
+    """
+    if current is None:
+        return 1, now
+    return current.version + 1, max(now, current.modified_us + 1)
+
+
+def main(argv=None) -> int:
+    """``python datastore.py schema``: apply the schema to every partition."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["schema"],
+                        help="schema: apply database_definition.sql to every partition")
+    parser.add_argument("--config", help="configuration file (default: $KV_CONFIG or "
+                                         "configuration.cfg beside this file)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        store = Datastore.from_config(args.config)
+    except ConfigurationError as e:
+        print("configuration error: %s" % e, file=sys.stderr)
+        return 2
+    failed = 0
+    for name in store.names:
+        partition = store.partitions[name]
+        try:
+            partition.apply_schema()
+            print("%s (%s): schema applied" % (name, partition.describe()))
+        except PartitionUnavailable as e:
+            failed += 1
+            print("%s (%s): FAILED: %s" % (name, partition.describe(), e), file=sys.stderr)
+    store.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

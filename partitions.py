@@ -1,0 +1,568 @@
+"""This module provides partitions: the storage of one shard of the key space.
+
+:class:`Partition` is the contract (documented in its docstring) and holds all
+shared logic and SQL; :class:`MySQLPartition` (mysqlclient, pooled with
+SQLAlchemy's QueuePool) and :class:`SQLitePartition` (embedded, one connection
+per thread) override only connecting, transaction start and the translation of
+driver errors.  The records, conditions and errors defined here are the
+vocabulary of ``datastore.py`` and ``sync.py``; none of it knows HTTP.
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from configuration import PartitionSettings
+
+log = logging.getLogger("kv.partition")
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "database_definition.sql")
+
+
+def now_us() -> int:
+    """The current time in microseconds since the Unix epoch (UTC)."""
+    return time.time_ns() // 1000
+
+
+# -- errors ----------------------------------------------------------------
+
+class DatastoreError(Exception):
+    """Root of the data layer's errors.
+
+    ``code`` is the API error code (API.md); the message is safe to show to
+    clients; ``original`` (a driver exception, or None) is for logs only.
+    """
+    code = "internal_error"
+
+    def __init__(self, message: str = "", original: Optional[BaseException] = None):
+        super().__init__(message)
+        self.message = message
+        self.original = original
+
+    def __str__(self):
+        return self.message
+
+
+class InvalidKey(DatastoreError, ValueError):
+    """The key breaks API.md's key rules (empty, > 512 bytes, not UTF-8, control character)."""
+    code = "invalid_key"
+
+
+class InvalidRequest(DatastoreError, ValueError):
+    """A parameter or body is malformed (bad ttl, limit, cursor, base64, ...)."""
+    code = "bad_request"
+
+
+class ValueTooLarge(DatastoreError):
+    """The value or body is larger than the configured limit (bytes)."""
+    code = "too_large"
+
+    def __init__(self, size: int, limit: int, what: str = "value"):
+        super().__init__("the %s is %d bytes; at most %d are allowed" % (what, size, limit))
+        self.size, self.limit = size, limit
+
+
+class KeyNotFound(DatastoreError, KeyError):
+    """The key is absent, deleted or expired."""
+    code = "key_not_found"
+
+    def __init__(self, key: bytes):
+        super().__init__("no key %r" % key.decode("utf-8", "replace"))
+        self.key = key
+
+
+class KeyExists(DatastoreError):
+    """A create-only write (POST /keys) found the key live."""
+    code = "key_exists"
+
+    def __init__(self, key: bytes):
+        super().__init__("the key %r exists" % key.decode("utf-8", "replace"))
+        self.key = key
+
+
+class PreconditionFailed(DatastoreError):
+    """An If-Match or If-None-Match condition did not hold (RFC 9110 section 13.1)."""
+    code = "precondition_failed"
+
+
+class PartitionUnavailable(DatastoreError):
+    """No partition that could serve the request answered in time.
+
+    :ivar list partitions: names of the partitions that failed.
+    :ivar str reason: short client-safe reason (no host names, no SQL).
+    :ivar int retry_after_seconds: when a retry may succeed.
+    """
+    code = "unavailable"
+
+    def __init__(self, partitions: Sequence[str], reason: str = "", original=None,
+                 retry_after_seconds: int = 2):
+        names = ", ".join(partitions) or "no partition"
+        super().__init__("partition unavailable: %s%s" % (names, " (%s)" % reason if reason else ""),
+                         original)
+        self.partitions, self.reason = list(partitions), reason
+        self.retry_after_seconds = retry_after_seconds
+
+
+# -- records and conditions --------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One stored row.
+
+    ``bucket``/``key``/``value`` are bytes; ``version`` counts writes of the key
+    from 1; ``created_us``, ``modified_us`` and ``expires_us`` (None: never) are
+    microseconds since the epoch; ``deleted`` marks a tombstone.
+    """
+    bucket: bytes
+    key: bytes
+    value: bytes
+    version: int
+    created_us: int
+    modified_us: int
+    expires_us: Optional[int]
+    deleted: bool
+
+    @property
+    def etag(self) -> str:
+        """Strong entity tag, quoted (RFC 9110 section 8.8.3).
+
+        Made of version and modified_us, so it changes on every write, a
+        delete and re-create included, and is the same on every replica.
+        """
+        return '"%x-%x"' % (self.version, self.modified_us)
+
+    def is_live(self, now: int) -> bool:
+        """True unless this is a tombstone or expired at ``now`` (microseconds)."""
+        return not self.deleted and (self.expires_us is None or self.expires_us > now)
+
+
+def winner_key(record: Record) -> tuple:
+    """Sort key of the conflict rule: the greatest wins on every replica.
+
+    Newest ``modified_us``, then the higher version, then a tombstone over a
+    value, then the greater value bytes: a total order, so every replica and
+    every sync pass picks the same winner (last-writer-wins register).
+    """
+    return record.modified_us, record.version, record.deleted, record.value
+
+
+def _opaque(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """Preconditions of a write, evaluated on the live record (RFC 9110 section 13.2.2).
+
+    ``if_match`` / ``if_none_match``: None, ``"*"`` or a tuple of entity tags as
+    sent (``'"abc"'``, ``'W/"abc"'``).  If-Match compares strongly, If-None-Match
+    weakly (RFC 9110 section 8.8.3.2).  ``create_only`` makes a live key a
+    :class:`KeyExists` (POST /keys).
+    """
+    if_match: object = None
+    if_none_match: object = None
+    create_only: bool = False
+
+    def check(self, current: Optional[Record], now: int) -> Optional[Record]:
+        """Evaluate against ``current`` (newest copy, possibly dead).
+
+        :returns: the live record, or None when the key is absent.
+        :raises PreconditionFailed: when a condition fails.
+        :raises KeyExists: for create_only on a live key.
+        """
+        live = current if current is not None and current.is_live(now) else None
+        if self.if_match is not None:
+            if live is None:
+                raise PreconditionFailed("If-Match: the key does not exist")
+            if self.if_match != "*" and live.etag not in self.if_match:
+                raise PreconditionFailed("If-Match: the current ETag is %s" % live.etag)
+        if self.if_none_match is not None and live is not None:
+            if self.if_none_match == "*":
+                raise PreconditionFailed("If-None-Match: the key exists")
+            if _opaque(live.etag) in {_opaque(t) for t in self.if_none_match}:
+                raise PreconditionFailed("If-None-Match: the current ETag matches")
+        if self.create_only and live is not None:
+            raise KeyExists(live.key)
+        return live
+
+
+# -- the partition contract ---------------------------------------------------
+
+_COLUMNS = "bucket, k, value, version, created_us, modified_us, expires_us, deleted"
+_NO_VALUE = "bucket, k, X'', version, created_us, modified_us, expires_us, deleted"
+
+
+def _record(row) -> Record:
+    return Record(bytes(row[0]), bytes(row[1]), bytes(row[2]), row[3], row[4], row[5], row[6],
+                  bool(row[7]))
+
+
+class _Retry(Exception):
+    """A transaction lost a race (duplicate insert, deadlock) and may be retried."""
+
+
+class Partition:
+    """One partition: a table ``kv_rows`` in one database, reached through a driver.
+
+    Contract (every engine, checked by test/partition_contract.py):
+
+    - ``read`` returns the stored row of (bucket, key) as it is, tombstones
+      and expired rows included (the router decides what is live), or None.
+    - ``write`` runs ``make(current, now_us)`` inside one transaction that
+      holds the row lock, and stores the record it returns: the check and the
+      write are atomic, so of concurrent conditional writes exactly one wins.
+    - ``scan`` returns rows (tombstones included) in byte order of key.
+    - Any failure to reach the database, or a timeout, raises
+      :class:`PartitionUnavailable` (the driver exception in ``original``);
+      the partition then counts as down for ``retry_interval_seconds`` and
+      fails fast meanwhile.  Nothing else leaks driver exceptions.
+
+    Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
+    ``FOR_UPDATE``, ``_classify`` (driver error -> retry/busy/down) and
+    ``_schema_statements``; SQL is written once with ``%s`` placeholders.
+    """
+
+    engine = ""
+    BEGIN = "START TRANSACTION"
+    FOR_UPDATE = " FOR UPDATE"
+    driver_errors: Tuple[type, ...] = ()
+
+    def __init__(self, settings: PartitionSettings):
+        self.settings = settings
+        self.name = settings.name
+        self._down_until = 0.0
+        self._down_reason = ""
+
+    def describe(self) -> str:
+        """Client-safe one-line description (engine and location, no password)."""
+        return self.engine
+
+    def __repr__(self):
+        return "<%s %s %s>" % (type(self).__name__, self.name, self.describe())
+
+    # engine hooks
+    def _acquire(self):
+        raise NotImplementedError
+
+    def _release(self, conn, broken: bool) -> None:
+        raise NotImplementedError
+
+    def _classify(self, exc: BaseException) -> str:
+        """'retry', 'busy' (unavailable, not down) or 'down'."""
+        raise NotImplementedError
+
+    def _sql(self, statement: str) -> str:
+        return statement
+
+    def close(self) -> None:
+        """Close the connections of this process."""
+
+    # shared machinery
+    def _unavailable(self, exc, reason, mark_down):
+        if mark_down:
+            self._down_until = time.monotonic() + self.settings.retry_interval_seconds
+            self._down_reason = reason
+        log.warning("%s unavailable (%s): %r", self.name, reason, exc)
+        return PartitionUnavailable([self.name], reason, original=exc,
+                                    retry_after_seconds=self.settings.retry_interval_seconds)
+
+    @contextlib.contextmanager
+    def _cursor(self, transaction: bool = False):
+        """Yield a cursor; translate driver errors in this one place.
+
+        With ``transaction``, the body runs between BEGIN and COMMIT and is
+        rolled back on any exception.
+        """
+        if time.monotonic() < self._down_until:
+            raise PartitionUnavailable([self.name], self._down_reason or "down",
+                                       retry_after_seconds=self.settings.retry_interval_seconds)
+        try:
+            conn = self._acquire()
+        except self.driver_errors as e:
+            raise self._unavailable(e, "cannot connect", True) from e
+        broken = False
+        try:
+            cursor = conn.cursor()
+            if transaction:
+                cursor.execute(self.BEGIN)
+                try:
+                    yield cursor
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            else:
+                yield cursor
+            cursor.close()
+        except self.driver_errors as e:
+            kind = self._classify(e)
+            if kind == "retry":
+                raise _Retry() from e
+            broken = True
+            raise self._unavailable(e, "timeout or connection lost" if kind == "down" else "busy",
+                                    kind == "down") from e
+        finally:
+            self._release(conn, broken)
+
+    def ping(self) -> None:
+        """Check that the database answers.
+
+        :raises PartitionUnavailable: when it does not.
+        """
+        with self._cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+
+    def read(self, bucket: bytes, key: bytes) -> Optional[Record]:
+        """The stored row of (bucket, key), tombstones and expired rows included.
+
+        :returns: :class:`Record` or None.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows"
+                                     " WHERE bucket = %s AND k = %s"), (bucket, key))
+            row = cursor.fetchone()
+        return _record(row) if row else None
+
+    def scan(self, bucket: bytes, start: bytes, inclusive: bool, end: Optional[bytes],
+             limit: int, values: bool = False) -> List[Record]:
+        """Rows of ``bucket`` with start <(=) key < end in key byte order.
+
+        :param bytes start: first key (``inclusive``) or the key to start after.
+        :param bytes end: exclusive upper bound, or None.
+        :param int limit: at most this many rows.
+        :param bool values: False returns empty values (cheaper).
+        :returns: list of :class:`Record`, tombstones and expired rows included.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        sql = ("SELECT " + (_COLUMNS if values else _NO_VALUE) + " FROM kv_rows WHERE bucket = %s"
+               " AND k " + (">=" if inclusive else ">") + " %s")
+        params = [bucket, start]
+        if end is not None:
+            sql += " AND k < %s"
+            params.append(end)
+        sql += " ORDER BY k LIMIT %s"
+        params.append(limit)
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(sql), params)
+            return [_record(row) for row in cursor.fetchall()]
+
+    def write(self, bucket: bytes, key: bytes,
+              make: Callable[[Optional[Record], int], Record],
+              elsewhere: Optional[Callable[[], Optional[Record]]] = None
+              ) -> Tuple[Record, Optional[Record]]:
+        """Atomically read-check-write one key.
+
+        ``current`` is this partition's row, or, when that is missing or not
+        live, the newer of it and ``elsewhere()`` (the key's copy on other
+        partitions, so versions continue and preconditions hold before sync
+        has copied a key here).  ``make(current, now_us)`` returns the record
+        to store or raises (nothing is then written).
+
+        :returns: (record stored, current).
+        :raises PartitionUnavailable: when the database does not answer.
+        :raises DatastoreError: whatever ``make`` raises.
+        """
+        for attempt in range(4):
+            try:
+                with self._cursor(transaction=True) as cursor:
+                    cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows WHERE bucket = %s"
+                                             " AND k = %s" + self.FOR_UPDATE), (bucket, key))
+                    row = cursor.fetchone()
+                    stored = _record(row) if row else None
+                    now = now_us()
+                    current = stored
+                    if elsewhere is not None and (stored is None or not stored.is_live(now)):
+                        other = elsewhere()
+                        if other is not None and (current is None
+                                                  or winner_key(other) > winner_key(current)):
+                            current = other
+                    record = make(current, now)
+                    self._store(cursor, record, stored is not None)
+                return record, current
+            except _Retry:
+                if attempt == 3:
+                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
+        raise AssertionError("unreachable")
+
+    def _store(self, cursor, record: Record, exists: bool) -> None:
+        values = (record.value, record.version, record.created_us, record.modified_us,
+                  record.expires_us, int(record.deleted), now_us())
+        if exists:
+            cursor.execute(self._sql(
+                "UPDATE kv_rows SET value = %s, version = %s, created_us = %s, modified_us = %s,"
+                " expires_us = %s, deleted = %s, changed_us = %s WHERE bucket = %s AND k = %s"),
+                values + (record.bucket, record.key))
+        else:
+            cursor.execute(self._sql(
+                "INSERT INTO kv_rows (value, version, created_us, modified_us, expires_us, deleted,"
+                " changed_us, bucket, k) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
+                values + (record.bucket, record.key))
+
+    def _schema_statements(self) -> List[str]:
+        with open(SCHEMA_PATH, encoding="utf-8") as f:
+            text = "\n".join(line for line in f.read().splitlines()
+                             if not line.lstrip().startswith("--"))
+        return [s.strip() for s in text.split(";") if s.strip()]
+
+    def apply_schema(self) -> None:
+        """Create the tables and indexes of database_definition.sql (idempotent).
+
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            for statement in self._schema_statements():
+                cursor.execute(statement)
+
+
+class MySQLPartition(Partition):
+    """A partition in a MySQL/MariaDB database, through mysqlclient.
+
+    Connections are autocommit (no REPEATABLE READ snapshot is left open
+    between requests), READ COMMITTED, with the configured connect/read/write
+    timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
+    (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
+    pinged at checkout so connections broken by a server restart are replaced.
+    """
+
+    engine = "mysql"
+
+    def __init__(self, settings: PartitionSettings):
+        super().__init__(settings)
+        import MySQLdb
+        import sqlalchemy.exc
+        self._driver = MySQLdb
+        self.driver_errors = (MySQLdb.Error, sqlalchemy.exc.TimeoutError)
+        self._pool = None
+        self._pool_pid = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        s = self.settings
+        return "mysql %s@%s:%d/%s" % (s.user, s.host, s.port, s.database)
+
+    def _connect(self):
+        s = self.settings
+        return self._driver.connect(
+            host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
+            connect_timeout=s.connect_timeout_seconds, read_timeout=s.read_timeout_seconds,
+            write_timeout=s.write_timeout_seconds, autocommit=True, charset="utf8mb4",
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    def _get_pool(self):
+        if self._pool_pid != os.getpid():     # created lazily, again after a fork
+            with self._lock:
+                if self._pool_pid != os.getpid():
+                    from sqlalchemy import event, exc, pool
+                    new = pool.QueuePool(self._connect, pool_size=self.settings.pool_size,
+                                         max_overflow=0, reset_on_return=None,
+                                         timeout=self.settings.connect_timeout_seconds)
+
+                    def ping(dbapi_connection, record, proxy):
+                        try:
+                            dbapi_connection.ping()
+                        except self._driver.Error:
+                            raise exc.DisconnectionError() from None
+                    event.listen(new, "checkout", ping)
+                    self._pool, self._pool_pid = new, os.getpid()
+        return self._pool
+
+    def _acquire(self):
+        return self._get_pool().connect()
+
+    def _release(self, conn, broken):
+        if broken:
+            conn.invalidate()
+        else:
+            conn.close()
+
+    def _classify(self, exc):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code in (1062, 1213):           # duplicate key, deadlock
+            return "retry"
+        if code in (1205, 1040):           # lock wait timeout, too many connections
+            return "busy"
+        return "down"
+
+    def close(self):
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.dispose()
+
+
+class SQLitePartition(Partition):
+    """A partition in an embedded SQLite file (``path``), for development.
+
+    One connection per thread (re-opened after a fork), WAL journal, writers
+    serialised by BEGIN IMMEDIATE, waiting at most read_timeout_seconds for a
+    lock.  The schema is applied on first connection.
+    """
+
+    engine = "sqlite"
+    BEGIN = "BEGIN IMMEDIATE"
+    FOR_UPDATE = ""
+
+    def __init__(self, settings: PartitionSettings):
+        super().__init__(settings)
+        import sqlite3
+        self._sqlite3 = sqlite3
+        self.driver_errors = (sqlite3.Error,)
+        self._local = threading.local()
+        self._schema_ready = False
+
+    def describe(self) -> str:
+        return "sqlite %s" % self.settings.path
+
+    def _sql(self, statement):
+        return statement.replace("%s", "?")
+
+    def _acquire(self):
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            os.makedirs(os.path.dirname(self.settings.path) or ".", exist_ok=True)
+            conn = self._sqlite3.connect(self.settings.path, timeout=self.settings.read_timeout_seconds,
+                                         isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._schema_ready:
+                for statement in self._schema_statements():
+                    conn.execute(statement)
+                self._schema_ready = True
+            local.conn, local.pid = conn, os.getpid()
+        return local.conn
+
+    def _release(self, conn, broken):
+        if broken:
+            self._local.pid = None
+            conn.close()
+
+    def _classify(self, exc):
+        if isinstance(exc, self._sqlite3.IntegrityError):
+            return "retry"
+        if "locked" in str(exc) or "busy" in str(exc):
+            return "busy"
+        return "down"
+
+    def _schema_statements(self):
+        return [re.sub(r"\)\s*ENGINE=InnoDB", ") WITHOUT ROWID",
+                       re.sub(r"VARBINARY\(\d+\)|MEDIUMBLOB", "BLOB", s))
+                for s in super()._schema_statements()]
+
+    def close(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.pid = None
+
+
+ENGINES = {"mysql": MySQLPartition, "sqlite": SQLitePartition}
+
+
+def make_partition(settings: PartitionSettings) -> Partition:
+    """Build the partition of ``settings.engine`` (a key of :data:`ENGINES`)."""
+    return ENGINES[settings.engine](settings)
