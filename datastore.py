@@ -135,6 +135,7 @@ class Listing:
     prefixes: List[bytes]
     next: Optional[str]
     unavailable: List[str]
+    values: bool = False
 
 
 class _Stream:
@@ -402,7 +403,7 @@ class Datastore:
             entries = entries[:limit]
             next_cursor = encode_cursor(entries[-1][2])
         return Listing([e[0] for e in entries if e[0] is not None],
-                       [e[1] for e in entries if e[1] is not None], next_cursor, unavailable)
+                       [e[1] for e in entries if e[1] is not None], next_cursor, unavailable, values)
 
     # -- health ----------------------------------------------------------
     def health(self) -> List[Tuple[str, str, Optional[str]]]:
