@@ -1,0 +1,325 @@
+"""The storage contracts, run against every engine (STYLE.md 9).
+
+``PartitionContract`` checks one :class:`partitions.Partition`; concrete test
+classes mix it into ``unittest.TestCase`` and implement ``make_partition()``.
+``StoreContract`` checks the :class:`datastore.Datastore` router on top of
+partitions; concrete classes implement ``make_store()``.  Neither name starts
+with "Test", so nose2 collects only the concrete classes.
+"""
+
+import contextlib
+import threading
+from unittest import mock
+
+import datastore
+import partitions
+from datastore import Condition, Record
+
+BUCKET = b"default"
+HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
+                b"k" * 512, b'<&>"\'', b"?#[]@!$&'()*+,;="]
+INVALID_KEYS = [b"", b"\x00", b"a\nb", b"\x7f", b"k" * 513, b"\xff\xfe", b"\xc3"]
+
+
+@contextlib.contextmanager
+def clock_offset(seconds: float):
+    """Run the data layer's clock ``seconds`` ahead (TTL tests without sleeping)."""
+    real = partitions.now_us
+
+    def shifted():
+        return real() + int(seconds * 1_000_000)
+    with mock.patch.object(partitions, "now_us", shifted), \
+            mock.patch.object(datastore, "now_us", shifted):
+        yield
+
+
+def _put(partition, key, value, modified=None, deleted=False, expires=None):
+    def make(current, now):
+        version = current.version + 1 if current else 1
+        return Record(BUCKET, key, value, version, now, modified or now, expires, deleted)
+    return partition.write(BUCKET, key, make)[0]
+
+
+def _race(count, work):
+    """Run work(i) in ``count`` threads released together; returns results/exceptions."""
+    barrier = threading.Barrier(count)
+    results = [None] * count
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as e:   # collected and asserted on by the caller
+            results[i] = e
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+class PartitionContract:
+    """What every partition engine must do (see the Partition docstring)."""
+
+    def make_partition(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.partition = self.make_partition()
+
+    def tearDown(self):
+        self.partition.close()
+
+    def test_read_missing_is_none(self):
+        self.assertIsNone(self.partition.read(BUCKET, b"missing"))
+
+    def test_write_read_round_trip_of_every_byte_and_empty_value(self):
+        for key, value in ((b"bin", bytes(range(256)) * 3), (b"empty", b""),
+                           ("ключ".encode(), "значение ✓".encode())):
+            written = _put(self.partition, key, value)
+            self.assertEqual(self.partition.read(BUCKET, key), written)
+            self.assertEqual(self.partition.read(BUCKET, key).value, value)
+
+    def test_hostile_keys_are_stored_verbatim(self):
+        for i, key in enumerate(HOSTILE_KEYS):
+            _put(self.partition, key, b"v%d" % i)
+        for i, key in enumerate(HOSTILE_KEYS):
+            self.assertEqual(self.partition.read(BUCKET, key).value, b"v%d" % i)
+
+    def test_buckets_are_separate(self):
+        _put(self.partition, b"k", b"one")
+        self.assertIsNone(self.partition.read(b"other", b"k"))
+
+    def test_a_failing_make_writes_nothing(self):
+        def make(current, now):
+            raise datastore.PreconditionFailed("no")
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.partition.write(BUCKET, b"k", make)
+        self.assertIsNone(self.partition.read(BUCKET, b"k"))
+
+    def test_write_sees_the_current_row(self):
+        _put(self.partition, b"k", b"one")
+        second = _put(self.partition, b"k", b"two")
+        self.assertEqual(second.version, 2)
+
+    def test_elsewhere_is_consulted_only_when_this_row_is_not_live(self):
+        other = Record(BUCKET, b"k", b"remote", 7, 1, 10**15, None, False)
+        seen = []
+
+        def make(current, now):
+            seen.append(current)
+            return Record(BUCKET, b"k", b"new", current.version + 1 if current else 1, now, now,
+                          None, False)
+        self.partition.write(BUCKET, b"k", make, lambda: other)
+        self.assertEqual(seen[-1], other)
+        self.partition.write(BUCKET, b"k", make, lambda: self.fail("not consulted"))
+        self.assertEqual(seen[-1].version, 8)
+
+    def test_scan_is_in_byte_order_with_bounds_and_limit(self):
+        keys = [b"a", b"a/b", b"a0", b"b", "é".encode(), b"Z", "😀".encode(), b"ab"]
+        for key in keys:
+            _put(self.partition, key, b"x")
+        everything = [r.key for r in self.partition.scan(BUCKET, b"", True, None, 100)]
+        self.assertEqual(everything, sorted(keys))
+        self.assertEqual([r.key for r in self.partition.scan(BUCKET, b"a", False, b"b", 100)],
+                         [b"a/b", b"a0", b"ab"])
+        self.assertEqual([r.key for r in self.partition.scan(BUCKET, b"a", True, None, 2)],
+                         [b"a", b"a/b"])
+
+    def test_scan_includes_tombstones_and_can_omit_values(self):
+        _put(self.partition, b"dead", b"", deleted=True)
+        _put(self.partition, b"live", b"value")
+        rows = self.partition.scan(BUCKET, b"", True, None, 10)
+        self.assertEqual([(r.key, r.deleted) for r in rows], [(b"dead", True), (b"live", False)])
+        self.assertEqual(self.partition.scan(BUCKET, b"live", True, None, 1, values=True)[0].value,
+                         b"value")
+        self.assertEqual(self.partition.scan(BUCKET, b"live", True, None, 1)[0].value, b"")
+
+    def test_largest_value_round_trips(self):
+        value = bytes(range(256)) * (65536 - 1) + b"x" * 255   # 16 MiB - 1 bytes
+        self.assertEqual(len(value), 16 * 1024 * 1024 - 1)
+        _put(self.partition, b"big", value)
+        self.assertEqual(self.partition.read(BUCKET, b"big").value, value)
+
+    def test_concurrent_compare_and_swap_has_exactly_one_winner(self):
+        first = _put(self.partition, b"cas", b"0")
+        condition = Condition(if_match=(first.etag,))
+
+        def cas(i):
+            def make(current, now):
+                condition.check(current, now)
+                return Record(BUCKET, b"cas", b"%d" % i, current.version + 1, current.created_us,
+                              now, None, False)
+            return self.partition.write(BUCKET, b"cas", make)[0]
+        results = _race(50, cas)
+        winners = [r for r in results if isinstance(r, Record)]
+        losers = [r for r in results if isinstance(r, datastore.PreconditionFailed)]
+        self.assertEqual((len(winners), len(losers)), (1, 49), results)
+        self.assertEqual(self.partition.read(BUCKET, b"cas"), winners[0])
+
+    def test_concurrent_creates_of_an_absent_key_have_exactly_one_winner(self):
+        def create(i):
+            def make(current, now):
+                Condition(create_only=True).check(current, now)
+                return Record(BUCKET, b"new", b"%d" % i, 1, now, now, None, False)
+            return self.partition.write(BUCKET, b"new", make)[0]
+        results = _race(20, create)
+        winners = [r for r in results if isinstance(r, Record)]
+        self.assertEqual(len(winners), 1, results)
+        self.assertTrue(all(isinstance(r, (Record, datastore.KeyExists)) for r in results), results)
+
+    def test_schema_is_idempotent(self):
+        _put(self.partition, b"kept", b"v")
+        self.partition.apply_schema()
+        self.partition.apply_schema()
+        self.assertEqual(self.partition.read(BUCKET, b"kept").value, b"v")
+
+    def test_driver_failure_is_unavailable_on_every_public_method(self):
+        error = self.partition.driver_errors[0]("injected failure")
+        calls = {
+            "read": lambda: self.partition.read(BUCKET, b"k"),
+            "scan": lambda: self.partition.scan(BUCKET, b"", True, None, 10),
+            "write": lambda: _put(self.partition, b"k", b"v"),
+            "ping": self.partition.ping,
+            "apply_schema": self.partition.apply_schema,
+        }
+        for name, call in calls.items():
+            self.partition._down_until = 0
+            with mock.patch.object(self.partition, "_acquire", side_effect=error):
+                with self.assertRaises(datastore.PartitionUnavailable, msg=name) as caught:
+                    call()
+            self.assertIs(caught.exception.original, error, name)
+            self.assertEqual(caught.exception.partitions, [self.partition.name])
+        # Marked down: the next call fails fast without touching the driver.
+        with mock.patch.object(self.partition, "_acquire", side_effect=AssertionError("called")):
+            with self.assertRaises(datastore.PartitionUnavailable):
+                self.partition.read(BUCKET, b"k")
+        self.partition._down_until = 0
+        self.assertIsNone(self.partition.read(BUCKET, b"k"))
+
+
+class StoreContract:
+    """What the Datastore router promises on top of any engine (API.md semantics)."""
+
+    def make_store(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.store = self.make_store()
+
+    def tearDown(self):
+        self.store.close()
+
+    def test_put_get_versions_and_created(self):
+        first, created, _ = self.store.put(BUCKET, b"k", b"one")
+        self.assertTrue(created)
+        second, created, _ = self.store.put(BUCKET, b"k", b"two")
+        self.assertFalse(created)
+        self.assertEqual((first.version, second.version), (1, 2))
+        self.assertEqual(second.created_us, first.created_us)
+        self.assertGreater(second.modified_us, first.modified_us)
+        self.assertNotEqual(first.etag, second.etag)
+        record, partition = self.store.get(BUCKET, b"k")
+        self.assertEqual(record, second)
+        self.assertIn(partition, [p.name for p in self.store.placement(BUCKET, b"k")])
+
+    def test_delete_then_recreate_never_reuses_an_etag(self):
+        first, _, _ = self.store.put(BUCKET, b"k", b"v")
+        self.store.delete(BUCKET, b"k")
+        with self.assertRaises(datastore.KeyNotFound):
+            self.store.get(BUCKET, b"k")
+        with self.assertRaises(datastore.KeyNotFound):
+            self.store.delete(BUCKET, b"k")
+        again, created, _ = self.store.put(BUCKET, b"k", b"v")
+        self.assertTrue(created)
+        self.assertNotEqual(again.etag, first.etag)
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.put(BUCKET, b"k", b"w", condition=Condition(if_match=(first.etag,)))
+
+    def test_conditions(self):
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.put(BUCKET, b"k", b"v", condition=Condition(if_match="*"))
+        record, _, _ = self.store.put(BUCKET, b"k", b"v", condition=Condition(if_none_match="*"))
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.put(BUCKET, b"k", b"v", condition=Condition(if_none_match="*"))
+        with self.assertRaises(datastore.KeyExists):
+            self.store.put(BUCKET, b"k", b"v", condition=Condition(create_only=True))
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.put(BUCKET, b"k", b"v", condition=Condition(if_match=('W/' + record.etag,)))
+        swapped, _, _ = self.store.put(BUCKET, b"k", b"w",
+                                       condition=Condition(if_match=('"x"', record.etag)))
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.delete(BUCKET, b"k", Condition(if_match=(record.etag,)))
+        self.store.delete(BUCKET, b"k", Condition(if_match=(swapped.etag,)))
+        with self.assertRaises(datastore.PreconditionFailed):
+            self.store.delete(BUCKET, b"k", Condition(if_match="*"))
+
+    def test_ttl_expiry_makes_the_key_absent_everywhere(self):
+        record, _, _ = self.store.put(BUCKET, b"short", b"v", ttl_seconds=60)
+        self.assertEqual(record.expires_us, record.modified_us + 60_000_000)
+        self.store.put(BUCKET, b"long", b"v")
+        with clock_offset(61):
+            with self.assertRaises(datastore.KeyNotFound):
+                self.store.get(BUCKET, b"short")
+            self.assertEqual([r.key for r in self.store.list(BUCKET).items], [b"long"])
+            with self.assertRaises(datastore.KeyNotFound):
+                self.store.delete(BUCKET, b"short")
+            again, created, _ = self.store.put(BUCKET, b"short", b"w")
+            self.assertTrue(created)
+            self.assertIsNone(again.expires_us)
+        self.assertEqual(again.version, record.version + 1)
+
+    def test_a_write_without_ttl_clears_it(self):
+        self.store.put(BUCKET, b"k", b"v", ttl_seconds=5)
+        record, _, _ = self.store.put(BUCKET, b"k", b"w")
+        self.assertIsNone(record.expires_us)
+
+    def test_invalid_keys_are_refused_by_every_operation(self):
+        for key in INVALID_KEYS:
+            for call in (lambda: self.store.get(BUCKET, key),
+                         lambda: self.store.put(BUCKET, key, b"v"),
+                         lambda: self.store.delete(BUCKET, key)):
+                with self.assertRaises(datastore.InvalidKey, msg=key):
+                    call()
+
+    def test_value_limit_is_exact(self):
+        limit = self.store.settings.max_value_bytes
+        self.store.put(BUCKET, b"k", b"x" * limit)
+        with self.assertRaises(datastore.ValueTooLarge):
+            self.store.put(BUCKET, b"k", b"x" * (limit + 1))
+        self.assertEqual(len(self.store.get(BUCKET, b"k")[0].value), limit)
+
+    def test_listing_pages_return_every_live_key_once(self):
+        keys = sorted(("k%03d" % i).encode() for i in range(57))
+        for key in keys:
+            self.store.put(BUCKET, key, b"v")
+        self.store.delete(BUCKET, b"k010")
+        expected = [k for k in keys if k != b"k010"]
+        seen, cursor = [], None
+        while True:
+            page = self.store.list(BUCKET, cursor=cursor, limit=10)
+            seen += [r.key for r in page.items]
+            cursor = page.next
+            if not cursor:
+                break
+        self.assertEqual(seen, expected)
+
+    def test_listing_prefix_and_delimiter(self):
+        for key in (b"a", b"dir/x", b"dir/y", b"dir/sub/z", b"dis", b"e/f", b"e/g"):
+            self.store.put(BUCKET, key, b"v")
+        page = self.store.list(BUCKET, delimiter=b"/", limit=2)
+        self.assertEqual(([r.key for r in page.items], page.prefixes), ([b"a"], [b"dir/"]))
+        page = self.store.list(BUCKET, delimiter=b"/", limit=2, cursor=page.next)
+        self.assertEqual(([r.key for r in page.items], page.prefixes), ([b"dis"], [b"e/"]))
+        self.assertIsNone(page.next)
+        page = self.store.list(BUCKET, prefix=b"dir/", delimiter=b"/")
+        self.assertEqual(([r.key for r in page.items], page.prefixes),
+                         ([b"dir/x", b"dir/y"], [b"dir/sub/"]))
+        page = self.store.list(BUCKET, prefix=b"dir/", values=True, limit=1)
+        self.assertEqual((page.items[0].key, page.items[0].value), (b"dir/sub/z", b"v"))
+
+    def test_bad_listing_parameters(self):
+        for kwargs in ({"limit": 0}, {"limit": 1001}, {"cursor": "!!"}, {"cursor": "eA"}):
+            with self.assertRaises(datastore.InvalidRequest, msg=kwargs):
+                self.store.list(BUCKET, **kwargs)

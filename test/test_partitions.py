@@ -1,0 +1,54 @@
+"""The partition and store contracts on SQLite and on a real MariaDB server."""
+
+import os
+import shutil
+import tempfile
+import unittest
+
+import dbservers
+from configuration import PartitionSettings, Settings, SyncSettings
+from datastore import Datastore
+from partition_contract import PartitionContract, StoreContract
+from partitions import MySQLPartition, SQLitePartition
+
+
+def _settings(partitions, replicas=2):
+    return Settings("test", 1048576, 16777216, replicas, tuple(partitions), SyncSettings())
+
+
+class SQLitePartitionTest(PartitionContract, unittest.TestCase):
+    def make_partition(self):
+        self.dir = tempfile.mkdtemp(prefix="kv-sqlite-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        return SQLitePartition(PartitionSettings("partition-1", "sqlite",
+                                                 path=os.path.join(self.dir, "p.sqlite3")))
+
+
+def _empty_mysql(server, name):
+    partition = MySQLPartition(server.settings(name))
+    partition.apply_schema()
+    server.execute("DELETE FROM kv_rows")
+    return partition
+
+
+class MariaDBPartitionTest(PartitionContract, unittest.TestCase):
+    def make_partition(self):
+        return _empty_mysql(dbservers.shared(1)[0], "partition-1")
+
+
+class SQLiteStoreTest(StoreContract, unittest.TestCase):
+    def make_store(self):
+        self.dir = tempfile.mkdtemp(prefix="kv-sqlite-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        parts = [PartitionSettings("partition-%d" % i, "sqlite",
+                                   path=os.path.join(self.dir, "p%d.sqlite3" % i))
+                 for i in (1, 2, 3)]
+        return Datastore(_settings(parts))
+
+
+class MariaDBStoreTest(StoreContract, unittest.TestCase):
+    def make_store(self):
+        servers = dbservers.shared(3)
+        settings = _settings([s.settings("partition-%d" % (i + 1)) for i, s in enumerate(servers)])
+        parts = {p.name: _empty_mysql(servers[i], p.name) for i, p in enumerate(settings.partitions)}
+        return Datastore(settings, parts)
