@@ -413,8 +413,9 @@ class Unknown:
     HEAD = PUT = POST = DELETE = GET
 
 
-URLS = ("/keys", "KeyList", "/keys/(.*)", "KeyResource", "/batch", "Batch",
-        "/health", "Health", "/(.*)", "Unknown")
+# (?s:.*) so that a key holding a newline still reaches KeyResource and gets its 400.
+URLS = ("/keys", "KeyList", "/keys/((?s:.*))", "KeyResource", "/batch", "Batch",
+        "/health", "Health", "/((?s:.*))", "Unknown")
 
 
 def _processor(store):

@@ -291,6 +291,12 @@ def _xml_document(body: bytes):
 _FIELDS = {"key", "value", "encoding", "ttl"}
 
 
+def _check_json_ttl(fields):
+    ttl = fields.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
+        raise InvalidRequest("ttl must be a JSON integer")
+
+
 def _fields_from_mapping(doc) -> dict:
     if not isinstance(doc, dict):
         raise InvalidRequest("the body must be an object")
@@ -323,7 +329,9 @@ def parse_record_body(media: str, body: bytes) -> dict:
     :raises InvalidRequest: for malformed bodies, unknown fields, bad base64.
     """
     if media == "application/json":
-        return _fields_from_mapping(_json_document(body))
+        fields = _fields_from_mapping(_json_document(body))
+        _check_json_ttl(fields)
+        return fields
     if media == "application/x-www-form-urlencoded":
         try:
             pairs = urllib.parse.parse_qsl(body.decode("ascii"), keep_blank_values=True,
@@ -365,6 +373,7 @@ def parse_batch_body(media: str, body: bytes) -> list:
             unknown = set(op) - _OP_FIELDS
             if unknown:
                 raise InvalidRequest("unknown op field %r" % sorted(unknown)[0])
+            _check_json_ttl(op)
             raw_ops.append(op)
     else:
         root = _xml_document(body)

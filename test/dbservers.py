@@ -15,6 +15,7 @@ import time
 import MySQLdb
 
 from configuration import PartitionSettings
+from partitions import MySQLPartition
 
 PASSWORD = "kv-test-password"
 _ROOT = tempfile.mkdtemp(prefix="kv-mariadb-")
@@ -125,6 +126,12 @@ class MariaDB:
         return ("[%s]\nengine = mysql\nhost = 127.0.0.1\nport = %d\nuser = kv\npassword = %s\n"
                 "database = kv\n" % (name, self.port, PASSWORD))
 
+    def apply_schema(self) -> None:
+        """Create the tables as ``python datastore.py schema`` does."""
+        partition = MySQLPartition(self.settings("schema"))
+        partition.apply_schema()
+        partition.close()
+
     def execute(self, sql: str, params=()):
         """Run one statement as root in database kv; returns the rows."""
         conn = MySQLdb.connect(unix_socket=self.socket, user="root", database="kv", autocommit=True)
@@ -144,6 +151,7 @@ def shared(count: int):
     callers empty the tables they use)."""
     while len(_SHARED) < count:
         server = MariaDB("shared-%d" % (len(_SHARED) + 1)).start()
+        server.apply_schema()
         _SHARED.append(server)
     for server in _SHARED[:count]:
         if server.process.poll() is not None:
