@@ -257,9 +257,23 @@ def write_condition(create_only=False) -> Condition:
 
 
 def path_key() -> bytes:
-    """The key of /keys/{key}: PATH_INFO's bytes after "/keys/" (already percent-decoded)."""
-    raw = web.ctx.env.get("PATH_INFO", "").encode("latin-1")
-    return raw[len(b"/keys/"):]
+    """The key of /keys/{key}, as bytes, percent-decoded exactly once.
+
+    Servers disagree on ``%2F`` in PATH_INFO (gunicorn decodes it, cheroot
+    keeps it), so the raw request target is decoded here when the server
+    passes it (REQUEST_URI, RAW_URI); else PATH_INFO, latin-1 per PEP 3333.
+    """
+    env = web.ctx.env
+    script = env.get("SCRIPT_NAME", "").encode("latin-1")
+    raw = env.get("REQUEST_URI") or env.get("RAW_URI")
+    if raw:
+        target = raw.split("?", 1)[0]
+        if "://" in target:                       # absolute-form request target
+            target = "/" + target.split("://", 1)[1].partition("/")[2]
+        path = urllib.parse.unquote_to_bytes(target)
+    else:
+        path = script + env.get("PATH_INFO", "").encode("latin-1", "replace")
+    return path[len(script) + len(b"/keys/"):]
 
 
 def record_headers(record, partition):

@@ -1,0 +1,169 @@
+"""The service over real sockets: ``python controller.py 127.0.0.1:PORT``
+(web.py's cheroot server) and gunicorn, on three real MariaDB partitions."""
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import requests
+
+import dbservers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServedProcess:
+    """A server subprocess on a free port; ``output()`` holds what it printed."""
+
+    def __init__(self, command, config, port):
+        self.port = port
+        self.url = "http://127.0.0.1:%d" % port
+        self.log = tempfile.TemporaryFile()
+        env = dict(os.environ, KV_CONFIG=config, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(self.url + "/health", timeout=1)
+                return
+            except requests.ConnectionError:
+                assert self.process.poll() is None, "server exited:\n" + self.output()
+                assert time.monotonic() < deadline, "server did not answer:\n" + self.output()
+                time.sleep(0.1)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def raw_request(port, data: bytes, timeout=5) -> bytes:
+    """Send raw bytes, return everything the server answers until it closes or pauses."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks):
+                    s.settimeout(0.5)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+class ServerTest(unittest.TestCase):
+    command = [sys.executable, "controller.py"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="kv-server-")
+        servers = dbservers.shared(3)
+        for server in servers:
+            server.execute("DELETE FROM kv_rows")
+        config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"), servers, replicas=2)
+        port = dbservers.free_port()
+        cls.server = ServedProcess(cls.command + cls.listen_args(port), config, port)
+        cls.url = cls.server.url
+        cls.http = requests.Session()
+
+    @classmethod
+    def listen_args(cls, port):
+        return ["127.0.0.1:%d" % port]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.http.close()
+        cls.server.stop()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def test_start_up_log_names_partitions_and_hides_passwords(self):
+        output = self.server.output()
+        for name in ("partition-1", "partition-2", "partition-3"):
+            self.assertRegex(output, r"%s: mysql kv@127\.0\.0\.1:\d+/kv" % name)
+        self.assertNotIn(dbservers.PASSWORD, output)
+
+    def test_round_trip_with_encoded_slash_and_unicode(self):
+        r = self.http.put(self.url + "/keys/dir%2Fsub/ключ", data="значение".encode(),
+                          headers={"Content-Type": "text/plain"})
+        self.assertEqual(r.status_code, 201, r.text)
+        self.assertEqual(r.json()["key"], "dir/sub/ключ")
+        r = self.http.get(self.url + "/keys/dir/sub/%D0%BA%D0%BB%D1%8E%D1%87",
+                          headers={"Accept": "text/plain"})
+        self.assertEqual((r.status_code, r.content), (200, "значение".encode()))
+        self.assertEqual(r.headers["Content-Type"], "text/plain; charset=utf-8")
+
+    def test_non_utf8_key_is_400(self):
+        r = self.http.get(self.url + "/keys/%FF%FE")
+        self.assertEqual(r.status_code, 400)
+        self.assertEqual(r.json()["error"]["code"], "invalid_key")
+
+    def test_chunked_upload_and_limit(self):
+        def chunks(total, size=65536):
+            for start in range(0, total, size):
+                yield b"x" * min(size, total - start)
+        r = self.http.put(self.url + "/keys/chunked", data=chunks(1048576),
+                          headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual(r.status_code, 201, r.text)
+        self.assertEqual(len(self.http.get(self.url + "/keys/chunked?format=raw").content), 1048576)
+        r = self.http.put(self.url + "/keys/chunked", data=chunks(1048577),
+                          headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual(r.status_code, 413)
+        self.assertEqual(len(self.http.get(self.url + "/keys/chunked?format=raw").content), 1048576)
+
+    def test_huge_content_length_is_refused_without_waiting_for_the_body(self):
+        answer = raw_request(self.server.port,
+                             b"PUT /keys/huge HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: 99999999999\r\n\r\nonly a little")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:200])
+        self.assertEqual(self.http.get(self.url + "/keys/huge").status_code, 404)
+
+    def test_head_has_headers_and_no_body(self):
+        self.http.put(self.url + "/keys/h", data=b"hello")
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
+        connection.request("HEAD", "/keys/h")
+        response = connection.getresponse()
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.read(), b"")
+        self.assertTrue(response.getheader("ETag"))
+        connection.close()
+
+    def test_keep_alive_session_serves_many_requests(self):
+        for i in range(50):
+            self.assertEqual(self.http.put(self.url + "/keys/ka%d" % i, data=b"v").status_code, 201)
+        listing = self.http.get(self.url + "/keys?prefix=ka&limit=1000").json()
+        self.assertEqual(len(listing["items"]), 50)
+
+
+class GunicornServerTest(ServerTest):
+    """The production command line from the README."""
+    command = [os.path.join(os.path.dirname(sys.executable), "gunicorn"),
+               "--worker-class", "gthread", "--workers", "2", "--threads", "4",
+               "--log-level", "info"]
+
+    @classmethod
+    def listen_args(cls, port):
+        return ["--bind", "127.0.0.1:%d" % port, "controller:create_application()"]
+
+    def test_start_up_log_names_partitions_and_hides_passwords(self):
+        output = self.server.output()
+        self.assertNotIn(dbservers.PASSWORD, output)
+        self.assertIn("Booting worker", output)
+
