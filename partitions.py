@@ -465,9 +465,15 @@ class MySQLPartition(Partition):
                                          timeout=self.settings.connect_timeout_seconds)
 
                     def ping(dbapi_connection, record, proxy):
+                        # A connection broken by a server restart fails at once:
+                        # reconnect.  A server that hangs fails after the read
+                        # timeout: give up, so a request waits one timeout only.
+                        started = time.monotonic()
                         try:
                             dbapi_connection.ping()
                         except self._driver.Error:
+                            if time.monotonic() - started >= self.settings.read_timeout_seconds / 2:
+                                raise
                             raise exc.DisconnectionError() from None
                     event.listen(new, "checkout", ping)
                     self._pool, self._pool_pid = new, os.getpid()

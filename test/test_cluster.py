@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,3 +186,27 @@ class ClusterTest(unittest.TestCase):
             listing = json.loads(self.req("GET", "/keys?prefix=" + urllib.parse.quote(prefix)).body)
             self.assertEqual([i["key"] for i in listing["items"]], expected)
         self.assertEqual(self.req("GET", "/keys/alpha?format=raw").body, b"value of alpha")
+
+    def test_a_hung_server_costs_one_timeout_then_fails_fast(self):
+        self.load(["hang-%d" % i for i in range(60)])
+        owned = [k for k in ("hang-%d" % i for i in range(60))
+                 if self.wsgi.store.placement(b"default", k.encode())[0].name == "partition-2"]
+        self.servers[1].process.send_signal(signal.SIGSTOP)
+        try:
+            timings = []
+            for key in owned[:5]:
+                started = time.monotonic()
+                response = self.req("GET", "/keys/" + key)
+                timings.append(time.monotonic() - started)
+                self.assertEqual(response.status, 503)
+                self.assertEqual(response.header("Retry-After"), "2")
+            print("\n  SIGSTOP: 503 after %s s" % ", ".join("%.3f" % t for t in timings),
+                  file=sys.stderr)
+            # After the first timeout the partition counts as down: no more waiting on it.
+            self.assertGreater(self.wsgi.store.partitions["partition-2"]._down_until, time.monotonic())
+        finally:
+            self.servers[1].process.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while self.req("GET", "/keys/" + owned[0]).status != 200:
+            self.assertLess(time.monotonic(), deadline, "partition-2 did not come back")
+            time.sleep(0.2)
