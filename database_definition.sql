@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS kv_rows (
 
 -- Sync reads "rows changed since the watermark" with this index.
 CREATE INDEX IF NOT EXISTS kv_rows_changed ON kv_rows (changed_us);
+-- Sync purges expired rows and old tombstones without a full scan.
+CREATE INDEX IF NOT EXISTS kv_rows_expires ON kv_rows (expires_us);
+CREATE INDEX IF NOT EXISTS kv_rows_tombstones ON kv_rows (deleted, modified_us);
 
 -- Sync's state that must be shared by every host that may run the cron:
 -- the per-partition watermark and the lease of the cluster-wide lock.

@@ -405,6 +405,139 @@ class Partition:
                 " changed_us, bucket, k) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
                 values + (record.bucket, record.key))
 
+    # -- for sync.py ----------------------------------------------------------
+    _ORDERED_BY = ("changed_us", "modified_us", "expires_us")
+
+    def rows_by(self, column: str, after: Tuple[int, bytes, bytes], limit: int,
+                where: str = "", params: Sequence = ()) -> List[Tuple[int, Record]]:
+        """Rows ordered by (column, bucket, key), after ``after``, with values.
+
+        Keyset pagination over the index of ``column`` (changed_us for the
+        watermark scan, modified_us for tombstones, expires_us for expiry), so
+        the cost is the number of rows returned, whatever the table size.
+        ``where`` is an optional constant SQL condition with ``params``.
+
+        :param str column: one of changed_us, modified_us, expires_us.
+        :param after: (column value, bucket, key) of the last row seen.
+        :returns: list of (column value, Record), at most ``limit``.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        assert column in self._ORDERED_BY, column
+        value, bucket, key = after
+        sql = ("SELECT {c}, " + _COLUMNS + " FROM kv_rows WHERE ({c} > %s OR ({c} = %s AND"
+               " (bucket > %s OR (bucket = %s AND k > %s))))" + (" AND " + where if where else "")
+               + " ORDER BY {c}, bucket, k LIMIT %s").format(c=column)
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(sql), (value, value, bucket, bucket, key) + tuple(params)
+                           + (limit,))
+            return [(row[0], _record(row[1:])) for row in cursor.fetchall()]
+
+    def rows_after(self, after: Tuple[bytes, bytes], limit: int) -> List[Record]:
+        """All rows after (bucket, key) in (bucket, key) order, with values.
+
+        :returns: list of :class:`Record`, at most ``limit``.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        bucket, key = after
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows WHERE bucket > %s"
+                                     " OR (bucket = %s AND k > %s) ORDER BY bucket, k LIMIT %s"),
+                           (bucket, bucket, key, limit))
+            return [_record(row) for row in cursor.fetchall()]
+
+    def read_many(self, keys: Sequence[Tuple[bytes, bytes]]) -> dict:
+        """The stored rows of many (bucket, key) pairs in one query.
+
+        :returns: dict (bucket, key) -> :class:`Record` for the rows that exist.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        found = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            sql = ("SELECT " + _COLUMNS + " FROM kv_rows WHERE "
+                   + " OR ".join(["(bucket = %s AND k = %s)"] * len(chunk)))
+            with self._cursor() as cursor:
+                cursor.execute(self._sql(sql), [part for pair in chunk for part in pair])
+                for row in cursor.fetchall():
+                    record = _record(row)
+                    found[(record.bucket, record.key)] = record
+        return found
+
+    def store_if_newer(self, records: Sequence[Record]) -> List[Record]:
+        """Store each record unless this partition's copy wins by :func:`winner_key`.
+
+        One transaction for the whole batch: the check and the write of each
+        row are atomic with respect to client writes.
+
+        :returns: the records that were written.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        for attempt in range(4):
+            try:
+                written = []
+                with self._cursor(transaction=True) as cursor:
+                    for record in records:
+                        cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows WHERE"
+                                                 " bucket = %s AND k = %s" + self.FOR_UPDATE),
+                                       (record.bucket, record.key))
+                        row = cursor.fetchone()
+                        current = _record(row) if row else None
+                        if current is None or winner_key(record) > winner_key(current):
+                            self._store(cursor, record, current is not None)
+                            written.append(record)
+                return written
+            except _Retry:
+                if attempt == 3:
+                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
+        raise AssertionError("unreachable")
+
+    def delete_if_unchanged(self, record: Record) -> bool:
+        """Delete the row of ``record`` if it still has its version and modified_us.
+
+        :returns: True when a row was deleted (False: a client wrote meanwhile).
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("DELETE FROM kv_rows WHERE bucket = %s AND k = %s"
+                                     " AND version = %s AND modified_us = %s"),
+                           (record.bucket, record.key, record.version, record.modified_us))
+            return cursor.rowcount == 1
+
+    def get_state(self, name: bytes) -> Optional[Tuple[bytes, int]]:
+        """(value, updated_us) of a kv_sync_state row, or None."""
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("SELECT value, updated_us FROM kv_sync_state WHERE name = %s"),
+                           (name,))
+            row = cursor.fetchone()
+        return (bytes(row[0]), row[1]) if row else None
+
+    def set_state(self, name: bytes, value: bytes,
+                  unless: Optional[Callable[[Optional[Tuple[bytes, int]]], bool]] = None) -> bool:
+        """Set a kv_sync_state row atomically; with ``unless(current)`` true, leave it.
+
+        :returns: True when the row was written.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor(transaction=True) as cursor:
+            cursor.execute(self._sql("SELECT value, updated_us FROM kv_sync_state WHERE name = %s"
+                                     + self.FOR_UPDATE), (name,))
+            row = cursor.fetchone()
+            current = (bytes(row[0]), row[1]) if row else None
+            if unless is not None and unless(current):
+                return False
+            if row:
+                cursor.execute(self._sql("UPDATE kv_sync_state SET value = %s, updated_us = %s"
+                                         " WHERE name = %s"), (value, now_us(), name))
+            else:
+                cursor.execute(self._sql("INSERT INTO kv_sync_state (name, value, updated_us)"
+                                         " VALUES (%s, %s, %s)"), (name, value, now_us()))
+        return True
+
+    def delete_state(self, name: bytes) -> None:
+        """Remove a kv_sync_state row."""
+        with self._cursor() as cursor:
+            cursor.execute(self._sql("DELETE FROM kv_sync_state WHERE name = %s"), (name,))
+
     def _schema_statements(self) -> List[str]:
         with open(SCHEMA_PATH, encoding="utf-8") as f:
             text = "\n".join(line for line in f.read().splitlines()

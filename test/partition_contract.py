@@ -13,6 +13,7 @@ from unittest import mock
 
 import datastore
 import partitions
+import sync
 from datastore import Condition, Record
 
 BUCKET = b"default"
@@ -29,7 +30,8 @@ def clock_offset(seconds: float):
     def shifted():
         return real() + int(seconds * 1_000_000)
     with mock.patch.object(partitions, "now_us", shifted), \
-            mock.patch.object(datastore, "now_us", shifted):
+            mock.patch.object(datastore, "now_us", shifted), \
+            mock.patch.object(sync, "now_us", shifted):
         yield
 
 
