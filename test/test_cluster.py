@@ -17,6 +17,7 @@ import paste.fixture
 
 import controller
 import dbservers
+import sync
 from test_api import pep3333
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,6 +137,12 @@ class ClusterTest(unittest.TestCase):
             self.assertEqual(response.status, 200, key)
             # Until sync.py copies the newer value, the owner may serve its older one.
             self.assertIn(response.body, (b"value of " + key.encode(), b"new " + key.encode()))
+        # One sync pass leaves the newest value on every placement.
+        out = io.StringIO()
+        self.assertEqual(sync.run(self.wsgi.store, out=out), 0, out.getvalue())
+        for key in keys:
+            self.assertEqual(self.req("GET", "/keys/%s?format=raw" % key).body, b"new " + key.encode())
+        self.assertEqual(sync.run(self.wsgi.store, check=True, out=out), 0, out.getvalue())
 
     def test_hostile_input_changes_nothing_and_never_500s(self):
         self.load(["alpha", "beta", "gamma/delta"])

@@ -304,3 +304,29 @@ class SyncTest(unittest.TestCase):
         self.assertEqual(misses, [])
         self.assert_converged(store4, count=4)
         self.assertEqual(len(self.holders(4)), 10000)
+
+    def test_full_restores_a_wiped_partition(self):
+        for i in range(300):
+            self.store.put(B, b"k%d" % i, b"v%d" % i)
+        self.sync()
+        self.servers[1].execute("DELETE FROM kv_rows")          # partition-2 replaced, empty
+        self.servers[1].execute("DELETE FROM kv_sync_state")
+        with mock.patch.object(sync, "OVERLAP_US", 0):
+            self.sync()
+            code, out = self.sync()
+        self.assertIn("copied=0", out)                          # incremental: nothing changed
+        self.assertEqual(self.sync(check=True)[0], 2)
+        code, out = self.sync(full=True)
+        self.assertEqual(code, 0, out)
+        self.assertNotIn("copied=0", out)
+        self.assert_converged()
+
+    def test_partition_option_limits_the_pass_to_one_source(self):
+        for i in range(300):
+            self.store.put(B, b"k%d" % i, b"v")
+        code, out = self.sync(only="partition-1")
+        owned = sum(1 for i in range(300)
+                    if self.store.placement(B, b"k%d" % i)[0].name == "partition-1")
+        self.assertIn("copied=%d " % owned, out)
+        self.assertEqual(self.sync(check=True, only="partition-1")[0], 0)
+        self.assertEqual(self.sync(check=True)[0], 2)
