@@ -167,3 +167,35 @@ class GunicornServerTest(ServerTest):
         self.assertNotIn(dbservers.PASSWORD, output)
         self.assertIn("Booting worker", output)
 
+
+
+class ConcurrentCompareAndSwapTest(unittest.TestCase):
+    """50 clients PUT with the same If-Match at once through gunicorn: one wins."""
+
+    def test_exactly_one_of_50_concurrent_compare_and_swaps_wins(self):
+        import threading
+        directory = tempfile.mkdtemp(prefix="kv-cas-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        servers = dbservers.shared(3)
+        config = dbservers.write_config(os.path.join(directory, "c.cfg"), servers, replicas=2)
+        port = dbservers.free_port()
+        server = ServedProcess(GunicornServerTest.command + GunicornServerTest.listen_args(port),
+                               config, port)
+        self.addCleanup(server.stop)
+        url = server.url + "/keys/cas-counter"
+        etag = requests.put(url, data=b"0").headers["ETag"]
+        barrier = threading.Barrier(50)
+        statuses = []
+
+        def swap(i):
+            with requests.Session() as session:
+                barrier.wait()
+                statuses.append(session.put(url, data=b"%d" % i,
+                                            headers={"If-Match": etag}).status_code)
+        threads = [threading.Thread(target=swap, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(sorted(statuses), [200] + [412] * 49)
+        self.assertEqual(requests.get(url).json()["version"], 2)
