@@ -18,11 +18,11 @@ import logging
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from configuration import (ConfigurationError, Settings, load_config,
-                           PartitionSettings)  # noqa: F401 (re-exported)
+from configuration import ConfigurationError, Settings, load_config
+from engines import make_partition
 from partitions import (Condition, DatastoreError, InvalidKey, InvalidRequest,
                         KeyExists, KeyNotFound, Partition, PartitionUnavailable,
-                        PreconditionFailed, Record, ValueTooLarge, make_partition,
+                        PreconditionFailed, Record, ValueTooLarge,
                         now_us, winner_key)
 
 __all__ = [

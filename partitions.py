@@ -1,10 +1,9 @@
 """This module provides partitions: the storage of one shard of the key space.
 
 :class:`Partition` is the contract (documented in its docstring) and holds all
-shared logic and SQL; :class:`MySQLPartition` (mysqlclient, pooled with
-SQLAlchemy's QueuePool) and :class:`SQLitePartition` (embedded, one connection
-per thread) override only connecting, transaction start and the translation of
-driver errors.  The records, conditions and errors defined here are the
+shared logic and SQL; the engines in engines.py (MySQL through mysqlclient,
+embedded SQLite) override only connecting, transaction start and the
+translation of driver errors.  The records, conditions and errors defined here are the
 vocabulary of ``datastore.py`` and ``sync.py``; none of it knows HTTP.
 """
 
@@ -12,8 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
-import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -552,156 +549,3 @@ class Partition:
         with self._cursor() as cursor:
             for statement in self._schema_statements():
                 cursor.execute(statement)
-
-
-class MySQLPartition(Partition):
-    """A partition in a MySQL/MariaDB database, through mysqlclient.
-
-    Connections are autocommit (no REPEATABLE READ snapshot is left open
-    between requests), READ COMMITTED, with the configured connect/read/write
-    timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
-    (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
-    pinged at checkout so connections broken by a server restart are replaced.
-    """
-
-    engine = "mysql"
-
-    def __init__(self, settings: PartitionSettings):
-        super().__init__(settings)
-        import MySQLdb
-        import sqlalchemy.exc
-        self._driver = MySQLdb
-        self.driver_errors = (MySQLdb.Error, sqlalchemy.exc.TimeoutError)
-        self._pool = None
-        self._pool_pid = None
-        self._lock = threading.Lock()
-
-    def describe(self) -> str:
-        s = self.settings
-        return "mysql %s@%s:%d/%s" % (s.user, s.host, s.port, s.database)
-
-    def _connect(self):
-        s = self.settings
-        return self._driver.connect(
-            host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
-            connect_timeout=s.connect_timeout_seconds, read_timeout=s.read_timeout_seconds,
-            write_timeout=s.write_timeout_seconds, autocommit=True, charset="utf8mb4",
-            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-
-    def _get_pool(self):
-        if self._pool_pid != os.getpid():     # created lazily, again after a fork
-            with self._lock:
-                if self._pool_pid != os.getpid():
-                    from sqlalchemy import event, exc, pool
-                    new = pool.QueuePool(self._connect, pool_size=self.settings.pool_size,
-                                         max_overflow=0, reset_on_return=None,
-                                         timeout=self.settings.connect_timeout_seconds)
-
-                    def ping(dbapi_connection, record, proxy):
-                        # A connection broken by a server restart fails at once:
-                        # reconnect.  A server that hangs fails after the read
-                        # timeout: give up, so a request waits one timeout only.
-                        started = time.monotonic()
-                        try:
-                            dbapi_connection.ping()
-                        except self._driver.Error:
-                            if time.monotonic() - started >= self.settings.read_timeout_seconds / 2:
-                                raise
-                            raise exc.DisconnectionError() from None
-                    event.listen(new, "checkout", ping)
-                    self._pool, self._pool_pid = new, os.getpid()
-        return self._pool
-
-    def _acquire(self):
-        return self._get_pool().connect()
-
-    def _release(self, conn, broken):
-        if broken:
-            conn.invalidate()
-        else:
-            conn.close()
-
-    def _classify(self, exc):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        if code in (1062, 1213):           # duplicate key, deadlock
-            return "retry"
-        if code in (1205, 1040):           # lock wait timeout, too many connections
-            return "busy"
-        return "down"
-
-    def close(self):
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.dispose()
-
-
-class SQLitePartition(Partition):
-    """A partition in an embedded SQLite file (``path``), for development.
-
-    One connection per thread (re-opened after a fork), WAL journal, writers
-    serialised by BEGIN IMMEDIATE, waiting at most read_timeout_seconds for a
-    lock.  The schema is applied on first connection.
-    """
-
-    engine = "sqlite"
-    BEGIN = "BEGIN IMMEDIATE"
-    FOR_UPDATE = ""
-
-    def __init__(self, settings: PartitionSettings):
-        super().__init__(settings)
-        import sqlite3
-        self._sqlite3 = sqlite3
-        self.driver_errors = (sqlite3.Error,)
-        self._local = threading.local()
-        self._schema_ready = False
-
-    def describe(self) -> str:
-        return "sqlite %s" % self.settings.path
-
-    def _sql(self, statement):
-        return statement.replace("%s", "?")
-
-    def _acquire(self):
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            os.makedirs(os.path.dirname(self.settings.path) or ".", exist_ok=True)
-            conn = self._sqlite3.connect(self.settings.path, timeout=self.settings.read_timeout_seconds,
-                                         isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            if not self._schema_ready:
-                for statement in self._schema_statements():
-                    conn.execute(statement)
-                self._schema_ready = True
-            local.conn, local.pid = conn, os.getpid()
-        return local.conn
-
-    def _release(self, conn, broken):
-        if broken:
-            self._local.pid = None
-            conn.close()
-
-    def _classify(self, exc):
-        if isinstance(exc, self._sqlite3.IntegrityError):
-            return "retry"
-        if "locked" in str(exc) or "busy" in str(exc):
-            return "busy"
-        return "down"
-
-    def _schema_statements(self):
-        return [re.sub(r"\)\s*ENGINE=InnoDB", ") WITHOUT ROWID",
-                       re.sub(r"VARBINARY\(\d+\)|MEDIUMBLOB", "BLOB", s))
-                for s in super()._schema_statements()]
-
-    def close(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.pid = None
-
-
-ENGINES = {"mysql": MySQLPartition, "sqlite": SQLitePartition}
-
-
-def make_partition(settings: PartitionSettings) -> Partition:
-    """Build the partition of ``settings.engine`` (a key of :data:`ENGINES`)."""
-    return ENGINES[settings.engine](settings)

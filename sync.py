@@ -243,12 +243,7 @@ def replicate(sync: Sync) -> None:
                     for target in names:
                         if target != name:
                             targets[target].append(record)
-            for target, records in sorted(targets.items()):
-                written = sync.copy(records, target)
-                if written is None:
-                    delivered = False
-                else:
-                    sync.summary.copied += len(written)
+            delivered = copy_grouped(sync, targets) and delivered
             last = rows[-1]
             after = (last[0], last[1].bucket, last[1].key)
             if delivered and not sync.dry_run:
@@ -260,6 +255,18 @@ def replicate(sync: Sync) -> None:
             sync.progress("replicate", name)
             if len(rows) < sync.batch:
                 break
+
+
+def copy_grouped(sync: Sync, targets: Dict[str, List[Record]]) -> bool:
+    """Copy each target's records to it; False if a target was unreachable."""
+    complete = True
+    for target, records in sorted(targets.items()):
+        written = sync.copy(records, target)
+        if written is None:
+            complete = False
+        else:
+            sync.summary.copied += len(written)
+    return complete
 
 
 def rebalance(sync: Sync) -> None:
@@ -326,12 +333,7 @@ def _scan_off_placement(sync: Sync, name: str, delete: bool) -> bool:
                         sync.skip(name, e)
                         return False
         else:
-            for target, records in sorted(targets.items()):
-                written = sync.copy(records, target)
-                if written is None:
-                    complete = False
-                else:
-                    sync.summary.copied += len(written)
+            complete = copy_grouped(sync, targets) and complete
         after = (rows[-1].bucket, rows[-1].key)
         sync.progress("rebalance", name)
         if len(rows) < sync.batch:

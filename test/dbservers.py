@@ -15,7 +15,7 @@ import time
 import MySQLdb
 
 from configuration import PartitionSettings
-from partitions import MySQLPartition
+from engines import MySQLPartition
 
 PASSWORD = "kv-test-password"
 _ROOT = tempfile.mkdtemp(prefix="kv-mariadb-")

@@ -9,7 +9,7 @@ import dbservers
 from configuration import PartitionSettings, Settings, SyncSettings
 from datastore import Datastore
 from partition_contract import PartitionContract, StoreContract
-from partitions import MySQLPartition, SQLitePartition
+from engines import MySQLPartition, SQLitePartition
 
 
 def _settings(partitions, replicas=2):
