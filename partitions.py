@@ -530,11 +530,6 @@ class Partition:
                                          " VALUES (%s, %s, %s)"), (name, value, now_us()))
         return True
 
-    def delete_state(self, name: bytes) -> None:
-        """Remove a kv_sync_state row."""
-        with self._cursor() as cursor:
-            cursor.execute(self._sql("DELETE FROM kv_sync_state WHERE name = %s"), (name,))
-
     def _schema_statements(self) -> List[str]:
         with open(SCHEMA_PATH, encoding="utf-8") as f:
             text = "\n".join(line for line in f.read().splitlines()

@@ -156,7 +156,7 @@ class Sync:
         seen = {}
 
         def held(current):
-            if current is None or current[0] == mine:
+            if current is None or current[0] in (mine, b""):
                 return False
             holder, updated = current[0].decode("utf-8", "replace"), current[1]
             host, _, pid = holder.rpartition(":")
@@ -181,10 +181,12 @@ class Sync:
 
     def release(self) -> None:
         if self.lock_partition is not None:
+            mine = self.holder.encode()
             try:
+                # Empty the lease only while it is still ours (another pass may
+                # have taken over an expired one); an empty holder is free.
                 self.lock_partition.set_state(LOCK, b"", unless=lambda c: c is None
-                                              or c[0] != self.holder.encode())
-                self.lock_partition.delete_state(LOCK)
+                                              or c[0] != mine)
             except PartitionUnavailable:
                 pass             # the lease expires by itself
 

@@ -203,7 +203,7 @@ class SyncTest(unittest.TestCase):
         self.assertIn("another sync holds the lock: otherhost:4242", out)
         self.assertEqual(len(self.holders(3)[b"k"]), 1)          # nothing was copied
         # Two passes racing for a free lock: exactly one gets it.
-        self.store.partitions["partition-1"].delete_state(sync.LOCK)
+        self.servers[0].execute("DELETE FROM kv_sync_state WHERE name = 'lock'")
         contenders = [sync.Sync(self.make_store(3)) for _ in range(8)]
         for i, contender in enumerate(contenders):
             contender.holder = "host-%d:%d" % (i, 1000 + i)
