@@ -199,6 +199,9 @@ class ClusterTest(unittest.TestCase):
         owned = [k for k in ("hang-%d" % i for i in range(60))
                  if self.wsgi.store.placement(b"default", k.encode())[0].name == "partition-2"]
         self.servers[1].process.send_signal(signal.SIGSTOP)
+        stat = "/proc/%d/stat" % self.servers[1].process.pid
+        while open(stat).read().rpartition(")")[2].split()[0] != "T":   # delivered: stopped
+            time.sleep(0.01)
         try:
             timings = []
             for key in owned[:5]:
