@@ -17,12 +17,13 @@ DATA   ?= ../shared/data/npm-packages.tsv
 install: $(STAMP)
 
 # mysqlclient builds against libmariadb (pkg-config finds it).
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@pkg-config --exists libmariadb 2>/dev/null || \
 	  { $(APT) update -q && $(APT) install -y -q libmariadb-dev pkg-config; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 # The test suite starts its own mariadbd processes; install the server once.
@@ -40,9 +41,9 @@ test: $(STAMP) mariadb
 schema: $(STAMP)
 	$(PY) datastore.py schema
 
-# PUT every row of the npm data set into a running service, then verify it.
+# Load every row of the npm data set into a running service, then verify it.
 load: $(STAMP)
-	$(PY) load.py --url $(URL) $(DATA)
+	$(VENV)/bin/kv load --url $(URL) --verify $(DATA)
 
 clean:
 	rm -rf $(VENV) data

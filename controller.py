@@ -385,25 +385,21 @@ class Batch:
         if _mime() not in ("application/json", "application/xml", "text/xml"):
             raise HTTPProblem(406, "not_acceptable", "a batch answer is JSON or XML")
         ops = rep.parse_batch_body(media, read_body(store.settings.max_batch_bytes))
-        return {"batch": [run_op(store, op) for op in ops]}, 200, []
+        results = store.batch(DEFAULT_BUCKET, ops)
+        return {"batch": [op_result(op, result) for op, result in zip(ops, results)]}, 200, []
 
 
-def run_op(store, op):
-    """Run one batch op; returns (status, record or None, error tuple or None)."""
-    try:
-        kind, key = op["op"], op["key"]
-        if kind == "get":
-            record, _ = store.get(DEFAULT_BUCKET, key)
-            return 200, record, None
-        condition = Condition(op.get("if_match"), op.get("if_none_match"))
-        if kind == "delete":
-            store.delete(DEFAULT_BUCKET, key, condition)
-            return 204, None, None
-        record, created, _ = store.put(DEFAULT_BUCKET, key, op["value"], op.get("ttl"), condition)
-        return (201 if created else 200), record, None
-    except DatastoreError as e:
-        status, code, message, _ = problem_of(e)
+def op_result(op, result):
+    """(status, record or None, error tuple or None) of one batch op's result."""
+    if isinstance(result, Exception):
+        status, code, message, _ = problem_of(result)
         return status, None, (status, code, message)
+    if op["op"] == "get":
+        return 200, result, None
+    if op["op"] == "delete":
+        return 204, None, None
+    record, created = result
+    return (201 if created else 200), record, None
 
 
 class Health:

@@ -294,6 +294,13 @@ class Datastore:
         :raises KeyExists: for a create-only write of an existing key.
         :raises PartitionUnavailable: when no partition of the placement answers.
         """
+        self._check_put(key, value, ttl_seconds)
+        record, previous, name = self._write(
+            bucket, key, lambda current, now: _put_record(bucket, key, value, ttl_seconds,
+                                                          condition, current, now))
+        return record, previous is None or not previous.is_live(record.modified_us), name
+
+    def _check_put(self, key: bytes, value: bytes, ttl_seconds: Optional[int]) -> None:
         check_key(key)
         if len(value) > self.settings.max_value_bytes:
             raise ValueTooLarge(len(value), self.settings.max_value_bytes)
@@ -301,16 +308,6 @@ class Datastore:
                                             and 1 <= ttl_seconds <= MAX_TTL_SECONDS):
             raise InvalidRequest("ttl must be a whole number of seconds from 1 to %d"
                                  % MAX_TTL_SECONDS)
-
-        def make(current: Optional[Record], now: int) -> Record:
-            live = condition.check(current, now)
-            version, modified = _next_version(current, now)
-            expires = modified + ttl_seconds * 1_000_000 if ttl_seconds else None
-            return Record(bucket, key, value, version, live.created_us if live else modified,
-                          modified, expires, False)
-
-        record, previous, name = self._write(bucket, key, make)
-        return record, previous is None or not previous.is_live(record.modified_us), name
 
     def delete(self, bucket: bytes, key: bytes,
                condition: Condition = Condition()) -> Tuple[Record, str]:
@@ -321,16 +318,111 @@ class Datastore:
         :raises PreconditionFailed, InvalidKey, PartitionUnavailable: as for put.
         """
         check_key(key)
-
-        def make(current: Optional[Record], now: int) -> Record:
-            live = condition.check(current, now)
-            if live is None:
-                raise KeyNotFound(key)
-            version, modified = _next_version(current, now)
-            return Record(bucket, key, b"", version, live.created_us, modified, None, True)
-
-        record, _, name = self._write(bucket, key, make)
+        record, _, name = self._write(
+            bucket, key, lambda current, now: _tombstone(key, condition, current, now))
         return record, name
+
+    # -- batch -------------------------------------------------------------
+    def batch(self, bucket: bytes, ops: Sequence[dict]) -> list:
+        """Run many ops, grouped by partition into one transaction each.
+
+        Ops on different keys are independent; ops on the same key apply in
+        order, with the semantics of :meth:`get`, :meth:`put` and
+        :meth:`delete`.  A key with only reads is read with one query per
+        partition; a key with a write is locked, checked and written in its
+        partition's transaction (multi-row statements).
+
+        :param ops: dicts with ``op`` ("get", "put", "delete"), ``key`` (bytes)
+            and for put ``value`` (bytes), ``ttl`` (seconds or None); puts and
+            deletes take ``if_match``/``if_none_match`` (as :class:`Condition`).
+        :returns: one entry per op, in order: for get a Record, for put a
+            (Record, created) pair, for delete the tombstone Record, or the
+            :class:`DatastoreError` the single-key call would have raised.
+        """
+        results: list = [None] * len(ops)
+        by_key: dict = {}
+        for i, op in enumerate(ops):
+            try:
+                if op["op"] == "put":
+                    self._check_put(op["key"], op["value"], op.get("ttl"))
+                else:
+                    check_key(op["key"])
+            except DatastoreError as e:
+                results[i] = e
+                continue
+            by_key.setdefault(op["key"], []).append(i)
+        readers = [k for k, idx in by_key.items() if all(ops[i]["op"] == "get" for i in idx)]
+        self._batch_reads(bucket, readers, by_key, results)
+        writers = [k for k in by_key if k not in set(readers)]
+        self._batch_writes(bucket, writers, by_key, ops, results)
+        return results
+
+    def _batch_reads(self, bucket, keys, by_key, results) -> None:
+        groups: dict = {}
+        for key in keys:
+            groups.setdefault(self.placement(bucket, key)[0], []).append(key)
+        now = now_us()
+        for partition, group in groups.items():
+            try:
+                found = partition.read_many([(bucket, k) for k in group])
+            except PartitionUnavailable:
+                found = {}
+            for key in group:
+                record = found.get((bucket, key))
+                if record is None or not record.is_live(now):
+                    try:
+                        record = self.get(bucket, key)[0]      # the full read path
+                    except DatastoreError as e:
+                        record = e
+                for i in by_key[key]:
+                    results[i] = record
+
+    def _batch_writes(self, bucket, keys, by_key, ops, results) -> None:
+        pending, failures = list(keys), {}
+        for rank in range(self.replicas):
+            groups: dict = {}
+            for key in pending:
+                groups.setdefault(self.placement(bucket, key)[rank], []).append(key)
+            pending = []
+            for partition, group in groups.items():
+                def apply(current, now, group=group):
+                    final = {}
+                    for key in group:
+                        state = current.get(key)
+                        for i in by_key[key]:
+                            results[i], state, changed = _apply_op(bucket, key, ops[i], state, now)
+                            if changed:
+                                final[key] = state
+                    return final
+                try:
+                    partition.write_many(bucket, group, apply,
+                                         lambda dead, p=partition: self._newest_many(bucket, dead, p))
+                except PartitionUnavailable:
+                    pending += group
+                    for key in group:
+                        failures.setdefault(key, []).append(partition.name)
+        for key in pending:
+            for i in by_key[key]:
+                results[i] = PartitionUnavailable(failures[key])
+
+    def _newest_many(self, bucket: bytes, keys: List[bytes], exclude: Partition) -> dict:
+        """key -> newest copy on the other candidates (unreachable ones skipped)."""
+        groups: dict = {}
+        for key in keys:
+            placed, lookaside = self._candidates(bucket, key)
+            for partition in placed + lookaside:
+                if partition is not exclude:
+                    groups.setdefault(partition, []).append(key)
+        newest: dict = {}
+        for partition, group in groups.items():
+            try:
+                found = partition.read_many([(bucket, k) for k in group])
+            except PartitionUnavailable:
+                continue
+            for (_, key), record in found.items():
+                if key not in newest or winner_key(record) > winner_key(newest[key]):
+                    newest[key] = record
+        return newest
 
     # -- listing ---------------------------------------------------------
     def list(self, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
@@ -429,6 +521,43 @@ class Datastore:
         """
         for name in self.names:
             self.partitions[name].apply_schema()
+
+
+def _put_record(bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[int],
+                condition: Condition, current: Optional[Record], now: int) -> Record:
+    """The record a put writes after ``current`` (raises if ``condition`` fails)."""
+    live = condition.check(current, now)
+    version, modified = _next_version(current, now)
+    expires = modified + ttl_seconds * 1_000_000 if ttl_seconds else None
+    return Record(bucket, key, value, version, live.created_us if live else modified,
+                  modified, expires, False)
+
+
+def _tombstone(key: bytes, condition: Condition, current: Optional[Record], now: int) -> Record:
+    """The tombstone a delete writes after ``current`` (KeyNotFound if not live)."""
+    live = condition.check(current, now)
+    if live is None:
+        raise KeyNotFound(key)
+    version, modified = _next_version(current, now)
+    return Record(live.bucket, key, b"", version, live.created_us, modified, None, True)
+
+
+def _apply_op(bucket: bytes, key: bytes, op: dict, state: Optional[Record], now: int):
+    """Apply one batch op to ``state``: (result, new state, changed)."""
+    kind = op["op"]
+    try:
+        if kind == "get":
+            if state is not None and state.is_live(now):
+                return state, state, False
+            raise KeyNotFound(key)
+        condition = Condition(op.get("if_match"), op.get("if_none_match"))
+        if kind == "delete":
+            record = _tombstone(key, condition, state, now)
+            return record, record, True
+        record = _put_record(bucket, key, op["value"], op.get("ttl"), condition, state, now)
+        return (record, state is None or not state.is_live(now)), record, True
+    except DatastoreError as e:
+        return e, state, False
 
 
 def _next_version(current: Optional[Record], now: int) -> Tuple[int, int]:

@@ -442,23 +442,88 @@ class Partition:
                            (bucket, bucket, key, limit))
             return [_record(row) for row in cursor.fetchall()]
 
-    def read_many(self, keys: Sequence[Tuple[bytes, bytes]]) -> dict:
-        """The stored rows of many (bucket, key) pairs in one query.
-
-        :returns: dict (bucket, key) -> :class:`Record` for the rows that exist.
-        :raises PartitionUnavailable: when the database does not answer.
-        """
+    def _select_many(self, cursor, keys: Sequence[Tuple[bytes, bytes]], lock: bool) -> dict:
+        by_bucket = {}
+        for bucket, key in keys:
+            by_bucket.setdefault(bucket, []).append(key)
         found = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            sql = ("SELECT " + _COLUMNS + " FROM kv_rows WHERE "
-                   + " OR ".join(["(bucket = %s AND k = %s)"] * len(chunk)))
-            with self._cursor() as cursor:
-                cursor.execute(self._sql(sql), [part for pair in chunk for part in pair])
+        for bucket, names in by_bucket.items():
+            for start in range(0, len(names), 500):
+                chunk = names[start:start + 500]
+                cursor.execute(self._sql(
+                    "SELECT " + _COLUMNS + " FROM kv_rows WHERE bucket = %s AND k IN ("
+                    + ", ".join(["%s"] * len(chunk)) + ")" + (self.FOR_UPDATE if lock else "")),
+                    [bucket] + chunk)
                 for row in cursor.fetchall():
                     record = _record(row)
                     found[(record.bucket, record.key)] = record
         return found
+
+    def read_many(self, keys: Sequence[Tuple[bytes, bytes]]) -> dict:
+        """The stored rows of many (bucket, key) pairs, 500 keys a query.
+
+        :returns: dict (bucket, key) -> :class:`Record` for the rows that exist.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            return self._select_many(cursor, keys, lock=False)
+
+    def write_many(self, bucket: bytes, keys: Sequence[bytes],
+                   apply: Callable[[dict, int], dict],
+                   elsewhere: Optional[Callable[[List[bytes]], dict]] = None) -> dict:
+        """Atomically read-check-write many keys of one bucket (POST /batch).
+
+        One transaction: the rows of ``keys`` are locked, those missing or not
+        live are completed with ``elsewhere(keys)`` (key -> newest Record on
+        other partitions), then ``apply(current, now_us)`` gets key -> Record
+        or None and returns key -> Record to store for the keys it changed.
+        Locked rows are rewritten with one multi-row REPLACE, new ones with
+        one multi-row INSERT (a concurrent insert of the same key makes the
+        whole call run again).
+
+        :returns: what ``apply`` returned.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        for attempt in range(4):
+            try:
+                with self._cursor(transaction=True) as cursor:
+                    stored = {k: r for (_, k), r in
+                              self._select_many(cursor, [(bucket, k) for k in keys], True).items()}
+                    now = now_us()
+                    current = dict(stored)
+                    dead = [k for k in keys if k not in stored or not stored[k].is_live(now)]
+                    if dead and elsewhere is not None:
+                        for key, other in elsewhere(dead).items():
+                            if current.get(key) is None or winner_key(other) > winner_key(current[key]):
+                                current[key] = other
+                    final = apply(current, now)
+                    self._store_many(cursor, [r for k, r in final.items() if k in stored], True)
+                    self._store_many(cursor, [r for k, r in final.items() if k not in stored], False)
+                return final
+            except _Retry:
+                if attempt == 3:
+                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
+        raise AssertionError("unreachable")
+
+    def _store_many(self, cursor, records: Sequence[Record], replace: bool,
+                    max_statement_bytes: int = 4 << 20) -> None:
+        """Multi-row REPLACE (rows this transaction locked) or INSERT (new rows),
+        at most 500 rows and about 4 MiB of values per statement."""
+        changed = now_us()
+        start = 0
+        while start < len(records):
+            end, size = start, 0
+            while end < len(records) and end - start < 500 and (end == start or size < max_statement_bytes):
+                size += len(records[end].value)
+                end += 1
+            chunk = records[start:end]
+            cursor.execute(self._sql(
+                ("REPLACE" if replace else "INSERT") + " INTO kv_rows (bucket, k, value, version,"
+                " created_us, modified_us, expires_us, deleted, changed_us) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))),
+                [v for r in chunk for v in (r.bucket, r.key, r.value, r.version, r.created_us,
+                                            r.modified_us, r.expires_us, int(r.deleted), changed)])
+            start = end
 
     def store_if_newer(self, records: Sequence[Record]) -> List[Record]:
         """Store each record unless this partition's copy wins by :func:`winner_key`.

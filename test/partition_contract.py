@@ -325,3 +325,48 @@ class StoreContract:
         for kwargs in ({"limit": 0}, {"limit": 1001}, {"cursor": "!!"}, {"cursor": "eA"}):
             with self.assertRaises(datastore.InvalidRequest, msg=kwargs):
                 self.store.list(BUCKET, **kwargs)
+
+    def test_batch_has_the_single_key_semantics_in_order(self):
+        first, _, _ = self.store.put(BUCKET, b"x", b"old")
+        ops = [{"op": "put", "key": b"a", "value": b"1"},
+               {"op": "put", "key": b"a", "value": b"2"},
+               {"op": "get", "key": b"a"},
+               {"op": "get", "key": b"missing"},
+               {"op": "put", "key": b"x", "value": b"new", "if_match": ('"stale"',)},
+               {"op": "put", "key": b"x", "value": b"new", "if_match": (first.etag,), "ttl": 60},
+               {"op": "delete", "key": b"a"},
+               {"op": "get", "key": b"a"},
+               {"op": "put", "key": b"", "value": b"v"},
+               {"op": "delete", "key": b"nope"},
+               {"op": "put", "key": b"big", "value": b"x" * (self.store.settings.max_value_bytes + 1)},
+               {"op": "get", "key": b"x"}]
+        results = self.store.batch(BUCKET, ops)
+        (a1, created1), (a2, created2), got = results[0], results[1], results[2]
+        self.assertEqual((created1, created2, a2.version, got), (True, False, 2, a2))
+        self.assertIsInstance(results[3], datastore.KeyNotFound)
+        self.assertIsInstance(results[4], datastore.PreconditionFailed)
+        swapped, created = results[5]
+        self.assertEqual((swapped.value, swapped.version, created), (b"new", 2, False))
+        self.assertTrue(results[6].deleted)
+        self.assertIsInstance(results[7], datastore.KeyNotFound)
+        self.assertIsInstance(results[8], datastore.InvalidKey)
+        self.assertIsInstance(results[9], datastore.KeyNotFound)
+        self.assertIsInstance(results[10], datastore.ValueTooLarge)
+        self.assertEqual(results[11], swapped)
+        self.assertEqual(self.store.get(BUCKET, b"x")[0], swapped)
+        with self.assertRaises(datastore.KeyNotFound):
+            self.store.get(BUCKET, b"a")
+
+    def test_batch_writes_go_to_the_next_placement_when_the_owner_is_down(self):
+        down = self.store.partitions[self.store.names[0]]
+        down._down_until = float("inf")
+        keys = [b"k%d" % i for i in range(60)]
+        results = self.store.batch(BUCKET, [{"op": "put", "key": k, "value": k} for k in keys])
+        self.assertTrue(all(isinstance(r, tuple) for r in results), results)
+        for key in keys:
+            record, partition = self.store.get(BUCKET, key)
+            self.assertEqual(record.value, key)
+            self.assertNotEqual(partition, down.name)
+        down._down_until = 0
+        reads = self.store.batch(BUCKET, [{"op": "get", "key": k} for k in keys])
+        self.assertEqual([r.value for r in reads], keys)

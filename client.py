@@ -1,0 +1,364 @@
+"""This module provides the Python client of the key-value service (API.md).
+
+    >>> import client
+    >>> store = client.connect("http://127.0.0.1:8080", timeout=5)
+    >>> store.put("greeting", b"hello").version
+    1
+    >>> store.get("greeting")
+    b'hello'
+
+Values are bytes; a ``str`` value is encoded as UTF-8.  Keys are ``str`` (or
+UTF-8 ``bytes``) and are percent-encoded on the wire, so ``#``, ``?``, ``%``,
+``/``, quotes and brackets travel as they are.  One keep-alive
+``requests.Session`` per store.  Idempotent requests (GET, HEAD, PUT, DELETE)
+are retried with exponential backoff on connection errors and on 503,
+honouring ``Retry-After`` (urllib3's ``Retry``); POST (``create``, ``batch``)
+is never retried.  Errors mirror the API's error codes, see :class:`KVError`.
+"""
+
+import base64
+import dataclasses
+import datetime
+import re
+import urllib.parse
+from typing import Iterator, List, Optional, Tuple, Union
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+__all__ = ["connect", "Store", "Record", "KVError", "NotFound", "InvalidKey", "BadRequest",
+           "PreconditionFailed", "Conflict", "TooLarge", "Unavailable", "ServerError"]
+
+RAW = "application/octet-stream"
+PAGE = 1000
+
+
+# -- errors -------------------------------------------------------------------------
+
+class KVError(OSError):
+    """Root of the client's errors.
+
+    :ivar int status: the HTTP status (0 when no answer arrived).
+    :ivar str code: the API error code (``key_not_found``, ...).
+    :ivar str message: the server's message.
+    """
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__("%s %s: %s" % (status, code, message) if status else message)
+        self.status, self.code, self.message = status, code, message
+
+    def __str__(self):
+        return self.args[0]
+
+
+class NotFound(KVError, KeyError):
+    """404: the key is absent or expired."""
+
+
+class InvalidKey(KVError, ValueError):
+    """400 invalid_key: empty, over 512 bytes, a control character, not UTF-8."""
+
+
+class BadRequest(KVError, ValueError):
+    """400: a malformed body or parameter (bad ttl, cursor, ...)."""
+
+
+class PreconditionFailed(KVError):
+    """412: If-Match / If-None-Match did not hold."""
+
+
+class Conflict(KVError):
+    """409: create() of a key that exists."""
+
+
+class TooLarge(KVError, ValueError):
+    """413: the value or body is over the server's limit."""
+
+
+class Unavailable(KVError):
+    """503 (after the retries), or no connection: the key's partitions are unreachable.
+
+    :ivar int retry_after: seconds the server suggested, or None.
+    """
+    retry_after: Optional[int] = None
+
+
+class ServerError(KVError):
+    """Any other 5xx."""
+
+
+def _error(response) -> KVError:
+    try:
+        error = response.json()["error"]
+        code, message = error["code"], error["message"]
+    except (ValueError, KeyError, TypeError):
+        # The text/plain and raw error form: "404 key_not_found: no key 'x'".
+        match = re.match(r"\d{3} ([a-z_]+): (.*)", response.text.strip(), re.S)
+        code, message = match.groups() if match else ("http_%d" % response.status_code,
+                                                      response.text[:200])
+    status = response.status_code
+    if status == 404:
+        cls = NotFound
+    elif status == 400:
+        cls = InvalidKey if code == "invalid_key" else BadRequest
+    else:
+        cls = {409: Conflict, 412: PreconditionFailed, 413: TooLarge,
+               503: Unavailable}.get(status, ServerError if status >= 500 else KVError)
+    exc = cls(status, code, message)
+    if isinstance(exc, Unavailable) and response.headers.get("Retry-After", "").isdigit():
+        exc.retry_after = int(response.headers["Retry-After"])
+    return exc
+
+
+# -- records --------------------------------------------------------------------------
+
+def _time(text: Optional[str]) -> Optional[datetime.datetime]:
+    if text is None:
+        return None
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+
+
+def _value(item: dict) -> bytes:
+    if item.get("encoding") == "base64":
+        return base64.b64decode(item["value"])
+    return item["value"].encode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One key as the server holds it.
+
+    ``value`` is bytes; ``version`` counts writes from 1; ``etag`` is the
+    quoted strong ETag for If-Match; ``created``, ``modified`` and ``expires``
+    (None: never) are aware UTC datetimes with microseconds.
+    """
+    key: str
+    value: bytes
+    version: int
+    etag: Optional[str]
+    created: datetime.datetime
+    modified: datetime.datetime
+    expires: Optional[datetime.datetime]
+
+    @classmethod
+    def from_json(cls, doc: dict, etag: Optional[str] = None) -> "Record":
+        return cls(doc["key"], _value(doc), doc["version"], etag, _time(doc["created"]),
+                   _time(doc["modified"]), _time(doc.get("expires")))
+
+
+def _key(key: Union[str, bytes]) -> str:
+    return key.decode("utf-8") if isinstance(key, bytes) else key
+
+
+def _bytes(value: Union[str, bytes]) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("a value is bytes or str, not %s" % type(value).__name__)
+    return bytes(value)
+
+
+# -- the store --------------------------------------------------------------------------
+
+def connect(url: str, timeout: float = 10.0, retries: int = 3) -> "Store":
+    """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``).
+
+    :param float timeout: seconds to wait for a connection and for each answer.
+    :param int retries: retries of idempotent requests (0 for none).
+    :returns: :class:`Store` (nothing is sent until the first call).
+    """
+    return Store(url, timeout, retries)
+
+
+class Store:
+    """A connection to the service; a dict-like view of its keys.
+
+    ``store[key]`` reads, ``store[key] = value`` writes, ``del store[key]``
+    deletes, ``key in store`` tests and ``iter(store)`` walks every key.
+    Thread-safe in the way requests sessions are: use one Store per thread
+    for heavy concurrent use.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0, retries: int = 3):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        retry = Retry(total=retries, connect=retries, read=retries, status=retries,
+                      backoff_factor=0.1, status_forcelist=(503,),
+                      allowed_methods=frozenset({"GET", "HEAD", "PUT", "DELETE"}),
+                      respect_retry_after_header=True, raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def close(self) -> None:
+        """Close the keep-alive connections."""
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # transport
+    def _path(self, key) -> str:
+        # "." is escaped too so that "." and ".." never look like dot-segments.
+        return "/keys/" + urllib.parse.quote(_key(key), safe="").replace(".", "%2E")
+
+    def _request(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
+        try:
+            response = self.session.request(method, self.url + path, timeout=self.timeout,
+                                            **kwargs)
+        except requests.RequestException as e:
+            raise Unavailable(0, "no_connection", "cannot reach %s: %s" % (self.url, e)) from None
+        if response.status_code not in ok:
+            raise _error(response)
+        return response
+
+    # single keys
+    def get(self, key) -> bytes:
+        """The value of ``key``.
+
+        :raises NotFound: (a KeyError) when the key is absent or expired.
+        :raises InvalidKey: (a ValueError) for an invalid key.
+        :raises Unavailable: when the service or the key's partitions are down.
+        """
+        return self._request("GET", self._path(key), headers={"Accept": RAW}).content
+
+    def get_record(self, key) -> Record:
+        """The value and metadata of ``key`` (:class:`Record`); errors as :meth:`get`."""
+        response = self._request("GET", self._path(key), headers={"Accept": "application/json"})
+        return Record.from_json(response.json(), response.headers.get("ETag"))
+
+    def put(self, key, value, ttl: Optional[int] = None, if_match: Optional[str] = None,
+            if_none_match: Optional[str] = None) -> Record:
+        """Create or replace ``key``.
+
+        :param value: bytes, or str (sent as UTF-8).
+        :param int ttl: seconds until the key expires (1 to 315360000), or None.
+        :param str if_match: an ETag (or ``"*"``): write only if it matches.
+        :param str if_none_match: ``"*"``: write only if the key does not exist.
+        :returns: the :class:`Record` written.
+        :raises PreconditionFailed: when a condition does not hold.
+        :raises TooLarge, BadRequest, InvalidKey, Unavailable: see :class:`KVError`.
+        """
+        headers = {"Content-Type": RAW, "Accept": "application/json"}
+        if if_match is not None:
+            headers["If-Match"] = if_match
+        if if_none_match is not None:
+            headers["If-None-Match"] = if_none_match
+        response = self._request("PUT", self._path(key), ok=(200, 201), data=_bytes(value),
+                                 headers=headers, params={"ttl": ttl} if ttl is not None else None)
+        return Record.from_json(response.json(), response.headers.get("ETag"))
+
+    def create(self, key, value, ttl: Optional[int] = None) -> Record:
+        """Create ``key``; never replaces (POST /keys, not retried).
+
+        :raises Conflict: when the key exists.
+        """
+        body = {"key": _key(key), "value": base64.b64encode(_bytes(value)).decode("ascii"),
+                "encoding": "base64"}
+        if ttl is not None:
+            body["ttl"] = ttl
+        response = self._request("POST", "/keys", ok=(201,), json=body,
+                                 headers={"Accept": "application/json"})
+        return Record.from_json(response.json(), response.headers.get("ETag"))
+
+    def compare_and_swap(self, key, etag: str, value) -> Record:
+        """Replace ``key`` only if its current ETag is ``etag`` (atomic on the server).
+
+        :raises PreconditionFailed: when somebody wrote first (or the key is gone).
+        """
+        return self.put(key, value, if_match=etag)
+
+    def delete(self, key, if_match: Optional[str] = None) -> None:
+        """Delete ``key``.
+
+        :raises NotFound: when the key is absent.
+        :raises PreconditionFailed: when ``if_match`` does not match.
+        """
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        self._request("DELETE", self._path(key), ok=(204,), headers=headers)
+
+    def __contains__(self, key) -> bool:
+        try:
+            self._request("HEAD", self._path(key), headers={"Accept": RAW})
+        except NotFound:
+            return False
+        return True
+
+    def __getitem__(self, key) -> bytes:
+        return self.get(key)
+
+    def __setitem__(self, key, value) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key) -> None:
+        self.delete(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return self.iter_keys()
+
+    # listing
+    def pages(self, prefix: Optional[str] = None, delimiter: Optional[str] = None,
+              values: bool = False, limit: int = PAGE) -> Iterator[dict]:
+        """The raw listing pages (dicts of API.md's JSON list), fetched lazily."""
+        params = {"limit": limit}
+        if prefix:
+            params["prefix"] = prefix
+        if delimiter:
+            params["delimiter"] = delimiter
+        if values:
+            params["values"] = "true"
+        while True:
+            page = self._request("GET", "/keys", params=params,
+                                 headers={"Accept": "application/json"}).json()
+            yield page
+            if not page["next"]:
+                return
+            params["cursor"] = page["next"]
+
+    def iter_keys(self, prefix: Optional[str] = None) -> Iterator[str]:
+        """Every live key starting with ``prefix``, in byte order, lazily."""
+        for page in self.pages(prefix):
+            for item in page["items"]:
+                yield item["key"]
+
+    def keys(self, prefix: Optional[str] = None) -> List[str]:
+        """Every live key starting with ``prefix``, as a list."""
+        return list(self.iter_keys(prefix))
+
+    def iter_prefixes(self, delimiter: str, prefix: str = "") -> Iterator[str]:
+        """Keys and common prefixes up to ``delimiter`` (kept), as S3 lists them."""
+        for page in self.pages(prefix, delimiter):
+            merged = [item["key"] for item in page["items"]] + page["prefixes"]
+            yield from sorted(merged, key=lambda k: k.encode("utf-8"))
+
+    def items(self, prefix: Optional[str] = None) -> Iterator[Tuple[str, bytes]]:
+        """(key, value) of every live key starting with ``prefix``, lazily."""
+        for page in self.pages(prefix, values=True):
+            for item in page["items"]:
+                yield item["key"], _value(item)
+
+    def records(self, prefix: Optional[str] = None) -> Iterator[dict]:
+        """The raw JSON items of a values=true listing (key, value, encoding, ...)."""
+        for page in self.pages(prefix, values=True):
+            yield from page["items"]
+
+    # many at once
+    def batch(self, ops: List[dict]) -> List[dict]:
+        """POST /batch (API.md): at most 1000 ops; returns one result dict per op.
+
+        Not retried (POST).  Per-op failures are results, not exceptions.
+        :raises BadRequest: for a malformed batch (nothing was applied).
+        """
+        response = self._request("POST", "/batch", json={"ops": ops},
+                                 headers={"Accept": "application/json"})
+        return response.json()["results"]
+
+    def health(self) -> dict:
+        """The /health report (also when some partition is down)."""
+        return self._request("GET", "/health", ok=(200, 503)).json()

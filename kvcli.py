@@ -1,0 +1,395 @@
+"""kv: the command line of the key-value service (this module provides it).
+
+    kv [--url URL] [--json] COMMAND ...     (URL also from $KV_URL)
+
+Commands: get, set, create, delete, ls, load, dump, restore; ``kv COMMAND
+--help`` tells more.  Output is for humans unless ``--json`` is given.
+Exit codes: 0 ok, 1 not found, 2 usage or invalid input, 3 precondition
+failed or conflict, 4 unavailable (or a server error).
+"""
+
+import argparse
+import base64
+import concurrent.futures
+import csv
+import json
+import os
+import sys
+import threading
+import time
+
+import tqdm
+
+import client
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+BATCH = 1000
+
+
+def _exit_code(error: client.KVError) -> int:
+    if isinstance(error, client.NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, (client.PreconditionFailed, client.Conflict)):
+        return EXIT_PRECONDITION
+    if isinstance(error, (client.Unavailable, client.ServerError)):
+        return EXIT_UNAVAILABLE
+    return EXIT_USAGE
+
+
+def _record_json(record: client.Record) -> dict:
+    try:
+        value, encoding = record.value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        value, encoding = base64.b64encode(record.value).decode("ascii"), "base64"
+    return {"key": record.key, "value": value, "encoding": encoding, "version": record.version,
+            "etag": record.etag, "created": record.created.isoformat(),
+            "modified": record.modified.isoformat(),
+            "expires": record.expires.isoformat() if record.expires else None}
+
+
+def _print_json(doc) -> None:
+    print(json.dumps(doc, ensure_ascii=False))
+
+
+def _value_of(args) -> bytes:
+    if args.file is not None and args.value is not None:
+        raise SystemExit("kv: give the value as an argument or with --file, not both")
+    if args.file is not None:
+        with open(args.file, "rb") as f:
+            return f.read()
+    if args.value is None or args.value == "-":
+        return sys.stdin.buffer.read()
+    return args.value.encode("utf-8")
+
+
+# -- single-key commands ------------------------------------------------------------
+
+def cmd_get(store, args) -> int:
+    if args.json:
+        _print_json(_record_json(store.get_record(args.key)))
+    else:
+        sys.stdout.buffer.write(store.get(args.key))
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_set(store, args) -> int:
+    record = store.put(args.key, _value_of(args), ttl=args.ttl, if_match=args.if_match)
+    return _report(args, record, "stored")
+
+
+def cmd_create(store, args) -> int:
+    record = store.create(args.key, _value_of(args), ttl=args.ttl)
+    return _report(args, record, "created")
+
+
+def _report(args, record, verb) -> int:
+    if args.json:
+        _print_json(_record_json(record))
+    else:
+        print("%s %s (version %d, etag %s)" % (verb, record.key, record.version, record.etag))
+    return EXIT_OK
+
+
+def cmd_delete(store, args) -> int:
+    store.delete(args.key, if_match=args.if_match)
+    if not args.json:
+        print("deleted %s" % args.key)
+    else:
+        _print_json({"deleted": args.key})
+    return EXIT_OK
+
+
+def cmd_ls(store, args) -> int:
+    for page in store.pages(args.prefix, args.delimiter, values=args.values):
+        entries = [("key", item) for item in page["items"]] + \
+                  [("prefix", p) for p in page["prefixes"]]
+        entries.sort(key=lambda e: (e[1]["key"] if e[0] == "key" else e[1]).encode("utf-8"))
+        for kind, entry in entries:
+            if args.json:
+                _print_json(entry if kind == "key" else {"prefix": entry})
+            elif kind == "prefix":
+                print(entry)
+            elif args.long or args.values:
+                fields = [entry["key"]]
+                if args.long:
+                    fields += ["v%d" % entry["version"], entry["modified"]]
+                if args.values:
+                    fields.append(entry["value"] if entry.get("encoding") == "utf-8"
+                                  else "base64:" + entry["value"])
+                print("\t".join(fields))
+            else:
+                print(entry["key"])
+    return EXIT_OK
+
+
+# -- bulk commands ----------------------------------------------------------------------
+
+def read_tsv(path):
+    """(key, value bytes) of a TSV file with a header line: the first column is
+    the key, the value is the JSON object of the other columns (whole numbers
+    as JSON integers)."""
+    csv.field_size_limit(1 << 24)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader)
+        for row in reader:
+            fields = {name: int(v) if v.isdigit() else v for name, v in zip(header[1:], row[1:])}
+            yield row[0], json.dumps(fields, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def read_jsonl(stream):
+    """(key, value bytes, ttl seconds or None) of ``kv dump`` lines."""
+    now = time.time()
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            value = client._value(doc)
+            ttl = None
+            if doc.get("expires"):
+                remaining = client._time(doc["expires"]).timestamp() - now
+                if remaining <= 0:
+                    continue                       # expired since the dump
+                ttl = max(1, int(remaining + 0.999))
+            yield doc["key"], value, ttl
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
+
+
+class _Loader:
+    """Sends rows in batches of 1000 over N connections, resumably."""
+
+    def __init__(self, args):
+        self.args = args
+        self.local = threading.local()
+
+    def store(self):
+        if not hasattr(self.local, "store"):
+            self.local.store = client.connect(self.args.url, timeout=self.args.timeout)
+        return self.local.store
+
+    def put(self, chunk):
+        ops = []
+        for key, value, ttl in chunk:
+            op = {"op": "put", "key": key, "value": base64.b64encode(value).decode("ascii"),
+                  "encoding": "base64"}
+            if ttl:
+                op["ttl"] = ttl
+            ops.append(op)
+        results = self.store().batch(ops)
+        return [(key, r["status"], (r.get("error") or {}).get("message"))
+                for (key, _, _), r in zip(chunk, results) if r["status"] not in (200, 201)]
+
+    def check(self, chunk):
+        results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
+        return [(key, r["status"], "differs") for (key, value, _), r in zip(chunk, results)
+                if r["status"] != 200 or client._value(r["record"]) != value]
+
+
+def _state_path(args) -> str:
+    return args.state or ".kv-load-%s.state" % os.path.basename(args.file)
+
+
+def _run(label, chunks, work, connections, skip=0, on_done=None):
+    """Run work(chunk) on threads with a progress bar; returns (failures, rows/s)."""
+    total = sum(len(c) for c in chunks)
+    failures, done, finished = [], set(), skip
+    started = time.monotonic()
+    with tqdm.tqdm(total=total, initial=sum(len(c) for c in chunks[:skip]), unit="rows",
+                   desc=label, file=sys.stderr, disable=None) as bar, \
+            concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        futures = {pool.submit(work, chunk): i for i, chunk in enumerate(chunks) if i >= skip}
+        for future in concurrent.futures.as_completed(futures):
+            index = futures[future]
+            failures += future.result()
+            bar.update(len(chunks[index]))
+            done.add(index)
+            while finished in done:
+                finished += 1
+            if on_done:
+                on_done(finished)
+    seconds = max(time.monotonic() - started, 1e-9)
+    rows = sum(len(c) for c in chunks[skip:])
+    print("%s: %d rows in %.1f s = %.0f rows/s, %d failed" % (label, rows, seconds, rows / seconds,
+                                                            len(failures)), file=sys.stderr)
+    return failures
+
+
+def cmd_load(store, args, rows=None) -> int:
+    if rows is None:
+        fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".json")) else "tsv")
+        if fmt == "tsv":
+            rows = [(k, v, None) for k, v in read_tsv(args.file)]
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                rows = list(read_jsonl(f))
+    chunks = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
+    loader = _Loader(args)
+    state_path, skip = None, 0
+    if getattr(args, "file", None) and args.file != "-":
+        state_path = _state_path(args)
+        identity = "%s %d" % (os.path.abspath(args.file), os.path.getsize(args.file))
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                saved = json.load(f)
+            if saved.get("file") == identity:
+                skip = saved["batches_done"]
+                print("load: resuming after %d rows" % min(skip * BATCH, len(rows)), file=sys.stderr)
+
+        def save(finished):
+            with open(state_path + ".tmp", "w") as f:
+                json.dump({"file": identity, "batches_done": finished}, f)
+            os.replace(state_path + ".tmp", state_path)
+    failures = _run("load", chunks, loader.put, args.connections, skip,
+                    save if state_path else None)
+    if args.verify:
+        failures += _run("verify", chunks, loader.check, args.connections)
+        failures += _check_listing(store, {k for k, _, _ in rows}, args)
+    for key, status, message in failures[:10]:
+        print("failed: %r -> %s %s" % (key, status, message or ""), file=sys.stderr)
+    summary = {"rows": len(rows), "failed": len(failures)}
+    if args.json:
+        _print_json(summary)
+    else:
+        print("%s: %d rows%s, %d failed" % ("OK" if not failures else "FAILED", len(rows),
+                                            " loaded and verified" if args.verify else " loaded",
+                                            len(failures)))
+    if not failures and state_path and os.path.exists(state_path):
+        os.remove(state_path)
+    return EXIT_OK if not failures else EXIT_UNAVAILABLE
+
+
+def _check_listing(store, expected, args):
+    started, seen = time.monotonic(), []
+    with tqdm.tqdm(total=len(expected), unit="keys", desc="list", file=sys.stderr,
+                   disable=None) as bar:
+        for page in store.pages():
+            seen += [item["key"] for item in page["items"]]
+            bar.update(len(page["items"]))
+    seconds = max(time.monotonic() - started, 1e-9)
+    print("list: %d keys in %.1f s = %.0f keys/s" % (len(seen), seconds, len(seen) / seconds),
+          file=sys.stderr)
+    problems = []
+    if len(seen) != len(set(seen)):
+        problems.append(("(listing)", "-", "%d keys repeated" % (len(seen) - len(set(seen)))))
+    if seen != sorted(seen, key=lambda k: k.encode("utf-8")):
+        problems.append(("(listing)", "-", "not in byte order"))
+    missing = expected - set(seen)
+    if missing:
+        problems.append(("(listing)", "-", "%d keys missing, e.g. %r" % (len(missing),
+                                                                          sorted(missing)[:3])))
+    return problems
+
+
+def cmd_dump(store, args) -> int:
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    count = 0
+    try:
+        for page in store.pages(values=True):
+            for item in page["items"]:
+                doc = {"key": item["key"], "value": item["value"], "encoding": item["encoding"]}
+                if item.get("expires"):
+                    doc["expires"] = item["expires"]
+                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+                count += 1
+    finally:
+        if args.output:
+            out.close()
+    print("dump: %d keys" % count, file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_restore(store, args) -> int:
+    if args.file == "-":
+        rows = list(read_jsonl(sys.stdin))
+    else:
+        with open(args.file, encoding="utf-8") as f:
+            rows = list(read_jsonl(f))
+    return cmd_load(store, args, rows)
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="kv", description=__doc__.split("\n\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    # The common options go before or after the command; only the main parser
+    # has defaults, so a subcommand that is not given one does not clobber it.
+    for parser_, defaults in ((main, True), (common, False)):
+        parser_.add_argument("--url", default=os.environ.get("KV_URL", "http://127.0.0.1:8080")
+                             if defaults else argparse.SUPPRESS,
+                             help="the service (default $KV_URL or http://127.0.0.1:8080)")
+        parser_.add_argument("--json", action="store_true",
+                             default=False if defaults else argparse.SUPPRESS,
+                             help="output JSON for scripts")
+        parser_.add_argument("--timeout", type=float, default=30 if defaults else argparse.SUPPRESS,
+                             help="seconds per request (30)")
+    sub = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("get", parents=[common], help="print a value (or its record with --json)")
+    p.add_argument("key")
+    p.set_defaults(run=cmd_get)
+    for name, run, help_text in (("set", cmd_set, "create or replace a key"),
+                                 ("create", cmd_create, "create a key; fails if it exists")):
+        p = sub.add_parser(name, parents=[common], help=help_text,
+                           description=help_text + ". The value comes from VALUE, --file or stdin.")
+        p.add_argument("key")
+        p.add_argument("value", nargs="?", help="the value (default: stdin; - for stdin)")
+        p.add_argument("--file", help="read the value from this file")
+        p.add_argument("--ttl", type=int, help="seconds until the key expires")
+        if name == "set":
+            p.add_argument("--if-match", help="write only if the key's ETag is this (or *)")
+        else:
+            p.set_defaults(if_match=None)
+        p.set_defaults(run=run)
+    p = sub.add_parser("delete", parents=[common], help="delete a key")
+    p.add_argument("key")
+    p.add_argument("--if-match", help="delete only if the key's ETag is this")
+    p.set_defaults(run=cmd_delete)
+    p = sub.add_parser("ls", parents=[common], help="list keys")
+    p.add_argument("--prefix")
+    p.add_argument("--delimiter", help="roll keys up to this delimiter into prefixes")
+    p.add_argument("--values", action="store_true", help="print values too")
+    p.add_argument("--long", action="store_true", help="print version and modified time")
+    p.set_defaults(run=cmd_ls)
+    for name, run, help_text in (
+            ("load", cmd_load, "load a TSV (first column = key) or JSON-lines file"),
+            ("restore", cmd_restore, "load a kv dump (JSON lines; - for stdin)")):
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text +
+                           ", 1000 keys per POST /batch over parallel connections. Resumable: "
+                           "an interrupted load continues where it stopped.")
+        p.add_argument("file")
+        p.add_argument("--connections", type=int, default=4, help="parallel connections (4)")
+        p.add_argument("--verify", action="store_true",
+                       help="then read every key back and check the listing")
+        p.add_argument("--state", help="resume file (default .kv-load-FILE.state here)")
+        if name == "load":
+            p.add_argument("--format", choices=["tsv", "jsonl"], help="default: by extension")
+        p.set_defaults(run=run)
+    p = sub.add_parser("dump", parents=[common], help="every key and value as JSON lines")
+    p.add_argument("-o", "--output", help="file (default stdout)")
+    p.set_defaults(run=cmd_dump)
+    return main
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    store = client.connect(args.url, timeout=args.timeout)
+    try:
+        return args.run(store, args)
+    except client.KVError as e:
+        if args.json:
+            _print_json({"error": {"status": e.status, "code": e.code, "message": e.message}})
+        print("kv: %s" % e, file=sys.stderr)
+        return _exit_code(e)
+    except OSError as e:
+        print("kv: %s" % e, file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""The clients against a real running service (gunicorn, three MariaDB
+partitions): the Python library, the ``kv`` command line and the minimalkv
+store."""
+
+import filecmp
+import http.server
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import client
+import dbservers
+from minimalkv_store import HttpStore
+from test_server import GunicornServerTest, ServedProcess
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                    "shared", "data", "npm-packages.tsv")
+KV = os.path.join(os.path.dirname(sys.executable), "kv")
+
+
+class Service:
+    """One gunicorn service on the shared MariaDB servers for this module."""
+    server = None
+
+    @classmethod
+    def start(cls):
+        if cls.server is None:
+            cls.dir = tempfile.mkdtemp(prefix="kv-clients-")
+            servers = dbservers.shared(3)
+            config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"), servers, replicas=2)
+            port = dbservers.free_port()
+            cls.server = ServedProcess(GunicornServerTest.command
+                                       + GunicornServerTest.listen_args(port), config, port)
+        return cls.server
+
+    @staticmethod
+    def wipe():
+        for server in dbservers.shared(3):
+            server.execute("DELETE FROM kv_rows")
+
+
+def tearDownModule():
+    if Service.server is not None:
+        Service.server.stop()
+        shutil.rmtree(Service.dir, ignore_errors=True)
+
+
+class LibraryTest(unittest.TestCase):
+    def setUp(self):
+        Service.wipe()
+        self.store = client.connect(Service.start().url, timeout=10)
+        self.addCleanup(self.store.close)
+
+    def test_put_get_record_delete(self):
+        record = self.store.put("greeting", "héllo")
+        self.assertEqual((record.key, record.value, record.version), ("greeting", "héllo".encode(), 1))
+        self.assertTrue(record.etag.startswith('"'))
+        self.assertIsNone(record.expires)
+        self.assertEqual(self.store.get("greeting"), "héllo".encode())
+        got = self.store.get_record("greeting")
+        self.assertEqual((got.etag, got.version, got.created), (record.etag, 1, record.created))
+        self.assertEqual(got.modified.tzinfo.utcoffset(None).total_seconds(), 0)
+        self.store.delete("greeting")
+        with self.assertRaises(KeyError):
+            self.store.get("greeting")
+        with self.assertRaises(client.NotFound) as caught:
+            self.store.delete("greeting")
+        self.assertEqual((caught.exception.status, caught.exception.code), (404, "key_not_found"))
+
+    def test_binary_empty_ttl_and_awkward_keys(self):
+        keys = ["a#b", "q?x=1", "100%", "it's", 'say "hi"', "[brackets]", "a/b/c", "sp ace",
+                ".", "..", "ключ", "emoji😀"]
+        for i, key in enumerate(keys):
+            self.store.put(key, bytes([i, 0, 255]))
+        for i, key in enumerate(keys):
+            self.assertEqual(self.store.get(key), bytes([i, 0, 255]), key)
+        self.assertEqual(sorted(self.store.keys(), key=str.encode), sorted(keys, key=str.encode))
+        self.store.put("empty", b"")
+        self.assertEqual(self.store.get("empty"), b"")
+        record = self.store.put("short", b"v", ttl=60)
+        self.assertAlmostEqual((record.expires - record.modified).total_seconds(), 60, places=3)
+
+    def test_conditions_create_and_compare_and_swap(self):
+        first = self.store.create("c", b"1")
+        with self.assertRaises(client.Conflict):
+            self.store.create("c", b"again")
+        second = self.store.compare_and_swap("c", first.etag, b"2")
+        with self.assertRaises(client.PreconditionFailed):
+            self.store.compare_and_swap("c", first.etag, b"3")
+        with self.assertRaises(client.PreconditionFailed):
+            self.store.put("c", b"4", if_none_match="*")
+        with self.assertRaises(client.PreconditionFailed):
+            self.store.delete("c", if_match=first.etag)
+        self.store.delete("c", if_match=second.etag)
+        self.assertEqual(self.store.put("c", b"5", if_none_match="*").version, 4)
+
+    def test_mapping_protocol_and_listing(self):
+        for key in ("dir/a", "dir/b", "dir/sub/c", "top", "zed"):
+            self.store[key] = key.upper()
+        self.assertEqual(self.store["dir/a"], b"DIR/A")
+        self.assertIn("top", self.store)
+        self.assertNotIn("nope", self.store)
+        del self.store["zed"]
+        self.assertEqual(list(self.store), ["dir/a", "dir/b", "dir/sub/c", "top"])
+        self.assertEqual(self.store.keys("dir/"), ["dir/a", "dir/b", "dir/sub/c"])
+        self.assertEqual(list(self.store.iter_prefixes("/")), ["dir/", "top"])
+        self.assertEqual(list(self.store.iter_prefixes("/", "dir/")), ["dir/a", "dir/b", "dir/sub/"])
+        self.assertEqual(dict(self.store.items("dir/")),
+                         {"dir/a": b"DIR/A", "dir/b": b"DIR/B", "dir/sub/c": b"DIR/SUB/C"})
+
+    def test_listing_walks_pages_lazily(self):
+        ops = [{"op": "put", "key": "k%04d" % i, "value": "v"} for i in range(2500)]
+        for start in range(0, 2500, 1000):
+            self.assertEqual({r["status"] for r in self.store.batch(ops[start:start + 1000])}, {201})
+        pages = self.store.pages()
+        self.assertEqual(len(next(pages)["items"]), 1000)     # one request so far
+        self.assertEqual(len(list(self.store.iter_keys())), 2500)
+
+    def test_errors_mirror_the_api(self):
+        with self.assertRaises(ValueError) as caught:
+            self.store.get("")
+        self.assertIsInstance(caught.exception, client.InvalidKey)
+        with self.assertRaises(client.InvalidKey):
+            self.store.put("a\x00b", b"v")
+        with self.assertRaises(client.BadRequest):
+            self.store.put("k", b"v", ttl=0)
+        with self.assertRaises(client.TooLarge):
+            self.store.put("big", b"x" * (1048576 + 1))
+        with self.assertRaises(TypeError):
+            self.store.put("k", 42)
+        dead = client.connect("http://127.0.0.1:%d" % dbservers.free_port(), timeout=2, retries=1)
+        with self.assertRaises(client.Unavailable) as caught:
+            dead.get("k")
+        self.assertIsInstance(caught.exception, OSError)
+        dead.close()
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers 503 + Retry-After: 1 to the first request of each method, then 200."""
+    seen = []
+
+    def answer(self):
+        self.seen.append(self.command)
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        if self.seen.count(self.command) == 1:
+            body = b'{"error": {"status": 503, "code": "unavailable", "message": "down"}}'
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+        else:
+            body = b"value"
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = answer
+
+    def log_message(self, *args):
+        pass
+
+
+class RetryTest(unittest.TestCase):
+    def test_idempotent_requests_are_retried_after_503_and_post_is_not(self):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.shutdown)
+        store = client.connect("http://127.0.0.1:%d" % server.server_address[1], timeout=5)
+        started = time.monotonic()
+        self.assertEqual(store.get("k"), b"value")
+        waited = time.monotonic() - started
+        with self.assertRaises(client.Unavailable) as caught:
+            store.batch([{"op": "get", "key": "k"}])
+        self.assertEqual(caught.exception.retry_after, 1)
+        self.assertEqual(_Scripted.seen, ["GET", "GET", "POST"])
+        print("\n  retry after 503: waited %.2f s (Retry-After: 1)" % waited, file=sys.stderr)
+        store.close()
+
+
+def kv(*args, stdin=b"", url=None):
+    """Run the installed ``kv`` console script."""
+    env = dict(os.environ, KV_URL=url or Service.start().url)
+    done = subprocess.run([KV] + list(args), input=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, timeout=600)
+    return done.returncode, done.stdout, done.stderr
+
+
+class CommandLineTest(unittest.TestCase):
+    def setUp(self):
+        Service.wipe()
+        self.dir = tempfile.mkdtemp(prefix="kv-cli-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def test_commands_and_exit_codes(self):
+        self.assertEqual(kv("set", "a/b", "hello")[0], 0)
+        self.assertEqual(kv("get", "a/b")[:2], (0, b"hello"))
+        self.assertEqual(kv("set", "piped", stdin=b"\x00\xffbinary")[0], 0)
+        self.assertEqual(kv("get", "piped")[1], b"\x00\xffbinary")
+        path = os.path.join(self.dir, "value.bin")
+        with open(path, "wb") as f:
+            f.write(b"from a file")
+        self.assertEqual(kv("set", "filed", "--file", path, "--ttl", "60")[0], 0)
+        code, out, _ = kv("get", "filed", "--json")
+        record = json.loads(out)
+        self.assertEqual((code, record["value"], record["version"]), (0, "from a file", 1))
+        self.assertIsNotNone(record["expires"])
+        self.assertEqual(kv("get", "missing")[0], 1)
+        self.assertEqual(kv("create", "a/b", "again")[0], 3)
+        self.assertEqual(kv("set", "a/b", "x", "--if-match", '"stale"')[0], 3)
+        self.assertEqual(kv("set", "a/b", "x", "--if-match", record["etag"])[0], 3)
+        etag = json.loads(kv("get", "a/b", "--json")[1])["etag"]
+        self.assertEqual(kv("set", "a/b", "swapped", "--if-match", etag)[0], 0)
+        self.assertEqual(kv("get", "")[0], 2)
+        self.assertEqual(kv("frobnicate")[0], 2)
+        self.assertEqual(kv("get", "k", url="http://127.0.0.1:%d" % dbservers.free_port())[0], 4)
+        code, out, _ = kv("ls", "--long")
+        self.assertEqual([line.split("\t")[0] for line in out.decode().splitlines()],
+                         ["a/b", "filed", "piped"])
+        code, out, _ = kv("ls", "--delimiter", "/", "--json")
+        self.assertEqual([json.loads(line) for line in out.decode().splitlines()][0], {"prefix": "a/"})
+        self.assertEqual(kv("ls", "--prefix", "a/", "--values")[1], b"a/b\tswapped\n")
+        self.assertEqual(kv("delete", "a/b")[0], 0)
+        self.assertEqual(kv("delete", "a/b")[0], 1)
+        for command in ("get", "set", "create", "delete", "ls", "load", "dump", "restore"):
+            code, out, _ = kv(command, "--help")
+            self.assertEqual(code, 0, command)
+            self.assertIn(b"usage: kv " + command.encode(), out)
+
+    def test_load_resumes_where_it_stopped(self):
+        path = os.path.join(self.dir, "rows.tsv")
+        with open(path, "w") as f:
+            f.write("name\tversion\n" + "".join("pkg%04d\t1.0.%d\n" % (i, i) for i in range(2500)))
+        state = os.path.join(self.dir, "state")
+        with open(state, "w") as f:      # as left by a load interrupted after two batches
+            json.dump({"file": "%s %d" % (os.path.abspath(path), os.path.getsize(path)),
+                       "batches_done": 2}, f)
+        code, out, err = kv("load", path, "--state", state)
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"resuming after 2000 rows", err)
+        keys = client.connect(Service.start().url).keys()
+        self.assertEqual(keys, ["pkg%04d" % i for i in range(2000, 2500)])
+        self.assertFalse(os.path.exists(state))
+        code, out, err = kv("load", path, "--verify", "--json")
+        self.assertEqual((code, json.loads(out)), (0, {"rows": 2500, "failed": 0}), err)
+        self.assertEqual(json.loads(kv("get", "pkg0007", "--json")[1])["value"], '{"version": "1.0.7"}')
+
+    def test_dump_and_restore_of_the_whole_npm_data_set_is_byte_for_byte(self):
+        code, out, err = kv("load", DATA, "--verify", "--connections", "4")
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertIn(b"OK: 226974 rows loaded and verified, 0 failed", out)
+        sys.stderr.write("\n  " + "\n  ".join(line for line in err.decode().splitlines()
+                                              if "rows/s" in line or "keys/s" in line))
+        first, second = os.path.join(self.dir, "first.jsonl"), os.path.join(self.dir, "second.jsonl")
+        self.assertEqual(kv("dump", "-o", first)[0], 0)
+        Service.wipe()                                   # an empty cluster
+        self.assertEqual(kv("ls")[1], b"")
+        code, out, err = kv("restore", first, "--state", os.path.join(self.dir, "s"))
+        self.assertEqual(code, 0, err[-2000:])
+        self.assertEqual(kv("dump", "-o", second)[0], 0)
+        self.assertTrue(filecmp.cmp(first, second, shallow=False))
+        with open(first, encoding="utf-8") as f:
+            self.assertEqual(sum(1 for _ in f), 226974)
+
+
+class MinimalkvStoreTest(unittest.TestCase):
+    """minimalkv's documented store contract (its tests/basic_store.py), on HttpStore."""
+
+    def setUp(self):
+        Service.wipe()
+        self.store = HttpStore(Service.start().url)
+        self.addCleanup(self.store.close)
+
+    def test_missing_key_is_a_key_error_everywhere(self):
+        for call in (lambda: self.store.get("nope"), lambda: self.store.open("nope"),
+                     lambda: self.store.get_file("nope", io.BytesIO())):
+            with self.assertRaises(KeyError):
+                call()
+
+    def test_invalid_keys_are_value_errors(self):
+        for key in ("", "ä", "/", "\x00", "no whitespace allowed", "a/b", 42):
+            for call in (lambda: self.store.get(key), lambda: self.store.put(key, b"v"),
+                         lambda: self.store.delete(key), lambda: key in self.store):
+                with self.assertRaises(ValueError, msg=repr(key)):
+                    call()
+
+    def test_round_trips_with_symbol_keys_and_empty_values(self):
+        keys = ["#", "?", "%", "'", '"', "[x]", "{y}", "a.b", "~!@$&()+,-<=>^_`", "k" * 250]
+        for key in keys:
+            self.assertEqual(self.store.put(key, key.encode()), key)
+        for key in keys:
+            self.assertEqual(self.store.get(key), key.encode())
+            self.assertIn(key, self.store)
+        self.assertEqual(set(self.store.keys()), set(keys))
+        self.assertEqual(set(iter(self.store)), set(keys))
+        self.store.put("empty", b"")
+        self.assertEqual(self.store.get("empty"), b"")
+        with self.assertRaises(IOError):
+            self.store.put("text", "not bytes")
+
+    def test_delete_is_idempotent(self):
+        self.store.put("k", b"v")
+        self.store.delete("k")
+        self.store.delete("k")
+        self.assertNotIn("k", self.store)
+
+    def test_files_and_open(self):
+        path = os.path.join(tempfile.mkdtemp(prefix="kv-mkv-"), "f")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "wb") as f:
+            f.write(b"file contents")
+        self.store.put_file("from_name", path)
+        self.store.put_file("from_object", io.BytesIO(b"object contents"))
+        self.assertEqual(self.store.get("from_name"), b"file contents")
+        out = io.BytesIO()
+        self.store.get_file("from_object", out)
+        self.assertEqual(out.getvalue(), b"object contents")
+        self.store.get_file("from_name", path + ".copy")
+        with open(path + ".copy", "rb") as f:
+            self.assertEqual(f.read(), b"file contents")
+        self.assertEqual(self.store.open("from_name").read(), b"file contents")
+
+    def test_keys_prefixes_and_iter_prefixes_keep_the_delimiter(self):
+        for key in ("a", "b.1", "b.2", "b.c.3", "c.4"):
+            self.store.put(key, b"v")
+        self.assertEqual(sorted(self.store.keys("b.")), ["b.1", "b.2", "b.c.3"])
+        self.assertEqual(sorted(self.store.iter_prefixes(".")), ["a", "b.", "c."])
+        self.assertEqual(sorted(self.store.iter_prefixes(".", "b.")), ["b.1", "b.2", "b.c."])
+
+    def test_ttl_through_the_mixin(self):
+        self.assertTrue(self.store.ttl_support)
+        self.store.put("ttl", b"v", ttl_secs=0.2)      # rounded up to 1 s on the server
+        self.store.put("forever", b"v", ttl_secs="forever")
+        record = client.connect(Service.start().url).get_record("ttl")
+        self.assertEqual((record.expires - record.modified).total_seconds(), 1)
+        self.assertIsNone(client.connect(Service.start().url).get_record("forever").expires)
+        with self.assertRaises(ValueError):
+            self.store.put("bad", b"v", ttl_secs=-1)
