@@ -18,7 +18,7 @@ import unittest
 import client
 import dbservers
 from minimalkv_store import HttpStore
-from test_server import GunicornServerTest, ServedProcess
+import test_server
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "shared", "data", "npm-packages.tsv")
@@ -36,8 +36,9 @@ class Service:
             servers = dbservers.shared(3)
             config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"), servers, replicas=2)
             port = dbservers.free_port()
-            cls.server = ServedProcess(GunicornServerTest.command
-                                       + GunicornServerTest.listen_args(port), config, port)
+            gunicorn = test_server.GunicornServerTest
+            cls.server = test_server.ServedProcess(gunicorn.command + gunicorn.listen_args(port),
+                                                   config, port)
         return cls.server
 
     @staticmethod
@@ -49,6 +50,7 @@ class Service:
 def tearDownModule():
     if Service.server is not None:
         Service.server.stop()
+        Service.server = None
         shutil.rmtree(Service.dir, ignore_errors=True)
 
 
