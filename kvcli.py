@@ -178,9 +178,21 @@ class _Loader:
             if ttl:
                 op["ttl"] = ttl
             ops.append(op)
-        results = self.store().batch(ops)
+        try:
+            results = self.store().batch(ops)
+        except client.NotFound:          # a server without POST /batch: one PUT per row
+            return self.put_each(chunk)
         return [(key, r["status"], (r.get("error") or {}).get("message"))
                 for (key, _, _), r in zip(chunk, results) if r["status"] not in (200, 201)]
+
+    def put_each(self, chunk):
+        failures = []
+        for key, value, ttl in chunk:
+            try:
+                self.store().put(key, value, ttl=ttl)
+            except client.KVError as e:
+                failures.append((key, e.status, e.message))
+        return failures
 
     def check(self, chunk):
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])

@@ -341,7 +341,7 @@ class StoreContract:
                {"op": "put", "key": b"big", "value": b"x" * (self.store.settings.max_value_bytes + 1)},
                {"op": "get", "key": b"x"}]
         results = self.store.batch(BUCKET, ops)
-        (a1, created1), (a2, created2), got = results[0], results[1], results[2]
+        (_, created1), (a2, created2), got = results[0], results[1], results[2]
         self.assertEqual((created1, created2, a2.version, got), (True, False, 2, a2))
         self.assertIsInstance(results[3], datastore.KeyNotFound)
         self.assertIsInstance(results[4], datastore.PreconditionFailed)

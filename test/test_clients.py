@@ -14,9 +14,11 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 import client
 import dbservers
+import kvcli
 from minimalkv_store import HttpStore
 import test_server
 
@@ -167,6 +169,18 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class LoadFallbackTest(unittest.TestCase):
+    def test_load_puts_one_key_at_a_time_where_the_server_has_no_batch(self):
+        Service.wipe()
+        args = type("Args", (), {"url": Service.start().url, "timeout": 10})()
+        loader = kvcli._Loader(args)
+        with mock.patch.object(client.Store, "batch",
+                               side_effect=client.NotFound(404, "not_found", "no /batch")):
+            failures = loader.put([("a", b"1", None), ("b", b"2", 60), ("", b"x", None)])
+        self.assertEqual([(k, s) for k, s, _ in failures], [("", 400)])
+        self.assertEqual(client.connect(args.url).keys(), ["a", "b"])
 
 
 class RetryTest(unittest.TestCase):
