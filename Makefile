@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 URL    ?= http://127.0.0.1:8080
 DATA   ?= ../shared/data/npm-packages.tsv
 
-.PHONY: install run test load schema mariadb clean
+.PHONY: install run test load schema mariadb bench clean
 
 install: $(STAMP)
 
@@ -44,6 +44,12 @@ schema: $(STAMP)
 # Load every row of the npm data set into a running service, then verify it.
 load: $(STAMP)
 	$(VENV)/bin/kv load --url $(URL) --verify $(DATA)
+
+# Side-by-side benchmark (not part of make test): the service, sysbench, etcd v2.
+bench: $(STAMP) mariadb
+	@command -v wrk >/dev/null && command -v sysbench >/dev/null && command -v etcd >/dev/null || \
+	  { $(APT) update -q && $(APT) install -y -q wrk sysbench etcd-server; }
+	$(PY) bench/bench.py
 
 clean:
 	rm -rf $(VENV) data

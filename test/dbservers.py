@@ -43,6 +43,8 @@ class MariaDB:
     (a crash); ``start()`` again restarts on the same datadir and port.
     """
 
+    durable = False      # True: flush the redo log at every commit (benchmarks)
+
     def __init__(self, name: str):
         self.name = name
         self.dir = os.path.join(_ROOT, name)
@@ -58,7 +60,8 @@ class MariaDB:
                 "--log-error=" + os.path.join(self.dir, "error.log"),
                 "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=64M",
                 "--innodb-log-file-size=16M", "--max-allowed-packet=64M",
-                "--innodb-flush-log-at-trx-commit=2", "--max-connections=500"]
+                "--innodb-flush-log-at-trx-commit=%d" % (1 if self.durable else 2),
+                "--max-connections=500"]
         if os.geteuid() == 0:
             args.append("--user=root")
         return args

@@ -1,0 +1,315 @@
+"""Benchmark: the service against its floor (MariaDB, sysbench) and its peer
+(etcd 3.4's v2 HTTP API), measured in one run on the same machine.
+
+Starts 3 MariaDB servers (durable: innodb_flush_log_at_trx_commit = 1), the
+service in its production configuration (gunicorn, README), loads 100,000
+keys of ../shared/data/npm-packages.tsv, then runs wrk (32 connections,
+REPS x SECONDS, medians) for each workload, sysbench on the same servers and
+wrk against etcd.  Prints one table (req/s, p50, p99, CPU seconds per second
+of each process group), writes it to bench/results/, and ends with one line
+for scripts: ``service/etcd GET=<ratio> PUT=<ratio>``.
+
+    make bench          (installs wrk, sysbench and etcd-server with apt-get)
+    python bench/bench.py --seconds 10 --reps 3 --keys 100000
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "test")]
+
+import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
+import kvcli  # noqa: E402
+
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
+CONNECTIONS = 32
+GUNICORN = ["--worker-class", "gthread", "--workers", "2", "--threads", "8"]
+
+LUA = r"""
+local paths, bodies, n = {}, {}, 0
+local mode = os.getenv("BENCH_MODE")
+for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+if os.getenv("BENCH_BODIES") then
+  for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
+end
+math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
+local raw = {["Content-Type"] = "application/octet-stream"}
+local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
+local json = {["Content-Type"] = "application/json"}
+request = function()
+  n = n + 1
+  local path = paths[math.random(#paths)]
+  if mode == "zipf" then path = paths[(n * 7919) % #paths + 1] end
+  if mode == "get" or mode == "zipf" or mode == "list" then
+    return wrk.format("GET", path)
+  elseif mode == "put" then
+    return wrk.format("PUT", path, raw, "value " .. n .. " " .. math.random())
+  elseif mode == "cas" then
+    return wrk.format("PUT", path, {["Content-Type"] = "application/octet-stream",
+                                    ["If-Match"] = "*"}, "cas " .. n)
+  elseif mode == "ycsb-b" then
+    if math.random() < 0.05 then return wrk.format("PUT", path, raw, "v" .. n) end
+    return wrk.format("GET", path)
+  elseif mode == "etcd-put" then
+    return wrk.format("PUT", path, form, "value=v" .. n .. "-" .. math.random())
+  elseif mode == "batch" then
+    return wrk.format("POST", "/batch", json, bodies[math.random(#bodies)])
+  end
+end
+"""
+
+
+def wrk(url, mode, paths, seconds, bodies=None):
+    """One wrk run; returns (req/s, p50 ms, p99 ms, errors)."""
+    env = dict(os.environ, BENCH_MODE=mode, BENCH_PATHS=paths)
+    if bodies:
+        env["BENCH_BODIES"] = bodies
+    out = subprocess.run(["wrk", "-t1", "-c%d" % CONNECTIONS, "-d%ds" % seconds, "--latency",
+                          "-s", os.path.join(WORK, "bench.lua"), url], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode()
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def ms(label):
+        m = re.search(r"\s%s\s+([\d.]+)(us|ms|s)" % label, out)
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rate, ms("50%"), ms("99%"), int(errors.group(1)) if errors else 0
+
+
+def cpu_seconds(pids):
+    """utime + stime of the processes and their children threads, in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], stdout=subprocess.PIPE).stdout.decode()
+    except OSError:
+        return [pid]
+    return [pid] + [int(p) for p in out.split()]
+
+
+def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_request=1):
+    """Median of ``reps`` wrk runs plus CPU per process group (CPU s per s)."""
+    runs, cpu = [], {}
+    for _ in range(reps):
+        before = {g: cpu_seconds(pids()) for g, pids in groups.items()}
+        started = time.monotonic()
+        runs.append(wrk(url, mode, paths, seconds, bodies))
+        wall = time.monotonic() - started
+        for g, pids in groups.items():
+            cpu.setdefault(g, []).append((cpu_seconds(pids()) - before[g]) / wall)
+    rate = statistics.median(r[0] for r in runs) * per_request
+    row = {"workload": name, "rate": rate, "p50": statistics.median(r[1] for r in runs),
+           "p99": statistics.median(r[2] for r in runs), "errors": sum(r[3] for r in runs),
+           "cpu": {g: statistics.median(v) for g, v in cpu.items()}}
+    print("  %-34s %10.0f /s  p50 %7.2f ms  p99 %7.2f ms  errors %d  cpu %s" % (
+        name, row["rate"], row["p50"], row["p99"], row["errors"],
+        " ".join("%s=%.2f" % kv for kv in sorted(row["cpu"].items()))), flush=True)
+    return row
+
+
+def sysbench(server, test, threads, seconds, reps):
+    """Median tps of a sysbench oltp test on ``server``."""
+    common = ["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port=%d" % server.port,
+              "--mysql-user=kv", "--mysql-password=" + dbservers.PASSWORD, "--mysql-db=sbtest",
+              "--tables=1", "--table-size=100000"]
+    rates, p99s = [], []
+    for _ in range(reps):
+        out = subprocess.run(["sysbench", test] + common + ["--threads=%d" % threads,
+                             "--time=%d" % seconds, "--percentile=99", "run"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode()
+        rates.append(float(re.search(r"transactions:\s+\d+\s+\(([\d.]+) per sec", out).group(1)))
+        p99s.append(float(re.search(r"99th percentile:\s+([\d.]+)", out).group(1)))
+    return statistics.median(rates), statistics.median(p99s)
+
+
+def main(argv=None) -> int:
+    global WORK
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--keys", type=int, default=100000)
+    args = parser.parse_args(argv)
+    WORK = tempfile.mkdtemp(prefix="kv-bench-")
+    with open(os.path.join(WORK, "bench.lua"), "w") as f:
+        f.write(LUA)
+    started_all = time.monotonic()
+    rows = list(kvcli.read_tsv(DATA))[:args.keys]
+    keys = [k for k, _ in rows]
+    paths = os.path.join(WORK, "paths")
+    with open(paths, "w") as f:
+        f.writelines("/keys/%s\n" % urllib.parse.quote(k, safe="") for k in keys)
+    zipf = os.path.join(WORK, "zipf")
+    random.seed(1)
+    with open(zipf, "w") as f:         # YCSB's Zipfian (theta 0.99) over scrambled key ranks
+        weights = [1 / (rank ** 0.99) for rank in range(1, len(keys) + 1)]
+        order = random.sample(keys, len(keys))
+        for key in random.choices(order, weights, k=200000):
+            f.write("/keys/%s\n" % urllib.parse.quote(key, safe=""))
+    lists = os.path.join(WORK, "lists")
+    with open(lists, "w") as f:
+        for prefix in sorted({k[:2] for k in keys}):
+            f.write("/keys?limit=100&prefix=%s\n" % urllib.parse.quote(prefix, safe=""))
+    bodies = os.path.join(WORK, "bodies")
+    with open(bodies, "w") as f:
+        for b in range(20):
+            ops = [{"op": "put", "key": "batch-%d-%d" % (b, i), "value": "v%d" % i}
+                   for i in range(1000)]
+            f.write(json.dumps({"ops": ops}) + "\n")
+
+    servers, service, etcd = [], None, None
+    results = {"machine": "%d cores" % os.cpu_count(), "connections": CONNECTIONS,
+               "seconds": args.seconds, "reps": args.reps, "rows": []}
+    try:
+        print("starting 3 MariaDB servers (durable) ...", flush=True)
+        for i in (1, 2, 3):
+            server = dbservers.MariaDB("bench-%d" % i)
+            server.durable = True
+            servers.append(server.start())
+            server.apply_schema()
+        config = dbservers.write_config(os.path.join(WORK, "c.cfg"), servers, replicas=2)
+        port = dbservers.free_port()
+        url = "http://127.0.0.1:%d" % port
+        service = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "gunicorn")]
+                                   + GUNICORN + ["--bind", "127.0.0.1:%d" % port,
+                                                 "controller:create_application()"],
+                                   cwd=ROOT, env=dict(os.environ, KV_CONFIG=config),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(url + "/health")
+        print("loading %d keys ..." % len(keys), flush=True)
+        load_args = argparse.Namespace(url=url, timeout=60, connections=4)
+        loader = kvcli._Loader(load_args)
+        t = time.monotonic()
+        kvcli._run("load", [[(k, v, None) for k, v in rows[i:i + 1000]]
+                            for i in range(0, len(rows), 1000)], loader.put, 4)
+        results["load_rows_per_second"] = len(rows) / (time.monotonic() - t)
+        groups = {"service": lambda: children(service.pid),
+                  "mariadb": lambda: [s.process.pid for s in servers]}
+        s, r = args.seconds, args.reps
+        print("service (gunicorn %s, 3 MariaDB partitions, replicas = 2):" % " ".join(GUNICORN))
+        table = results["rows"]
+        table.append(measure("service GET uniform", url, "get", paths, groups, s, r))
+        table.append(measure("service GET zipfian", url, "zipf", zipf, groups, s, r))
+        table.append(measure("service PUT", url, "put", paths, groups, s, r))
+        table.append(measure("service YCSB-B 95/5", url, "ycsb-b", paths, groups, s, r))
+        table.append(measure("service conditional PUT (If-Match)", url, "cas", paths, groups, s, r))
+        table.append(measure("service list pages of 100", url, "list", lists, groups, s, r))
+        table.append(measure("service POST /batch (keys/s)", url, "batch", paths, groups, s, r,
+                             bodies=bodies, per_request=1000))
+        service.terminate()
+        service.wait()
+        service = None
+
+        print("MariaDB floor (sysbench on partition-1's server):", flush=True)
+        servers[0].execute("CREATE DATABASE IF NOT EXISTS sbtest")
+        servers[0].execute("GRANT ALL ON sbtest.* TO 'kv'@'%%'")
+        prepare = ["sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-host=127.0.0.1",
+                   "--mysql-port=%d" % servers[0].port, "--mysql-user=kv",
+                   "--mysql-password=" + dbservers.PASSWORD, "--mysql-db=sbtest", "--tables=1",
+                   "--table-size=100000", "prepare"]
+        subprocess.run(prepare, stdout=subprocess.DEVNULL, check=True)
+        for test, threads in (("oltp_point_select", 8), ("oltp_update_index", 32)):
+            rate, p99 = sysbench(servers[0], test, threads, s, r)
+            table.append({"workload": "sysbench %s (%d threads)" % (test, threads), "rate": rate,
+                          "p50": None, "p99": p99, "errors": 0, "cpu": {}})
+            print("  %-34s %10.0f /s  p99 %7.2f ms" % (table[-1]["workload"], rate, p99), flush=True)
+        for server in servers:
+            server.stop()
+
+        print("etcd 3.4 v2 API:", flush=True)
+        etcd_port, peer_port = dbservers.free_port(), dbservers.free_port()
+        etcd_url = "http://127.0.0.1:%d" % etcd_port
+        etcd = subprocess.Popen(["etcd", "--enable-v2", "--data-dir", os.path.join(WORK, "etcd"),
+                                 "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+                                 "--listen-peer-urls", "http://127.0.0.1:%d" % peer_port,
+                                 "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer_port,
+                                 "--initial-cluster", "default=http://127.0.0.1:%d" % peer_port],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(etcd_url + "/version")
+        etcd_paths = os.path.join(WORK, "etcd-paths")
+        with open(etcd_paths, "w") as f:
+            f.writelines("/v2/keys/k%d\n" % i for i in range(len(keys)))
+        _load_etcd(etcd_url, len(keys))
+        etcd_groups = {"etcd": lambda: [etcd.pid]}
+        table.append(measure("etcd v2 GET", etcd_url, "get", etcd_paths, etcd_groups, s, r))
+        table.append(measure("etcd v2 PUT", etcd_url, "etcd-put", etcd_paths, etcd_groups, s, r))
+    finally:
+        if service is not None:
+            service.terminate()
+        if etcd is not None:
+            etcd.terminate()
+            etcd.wait()
+        for server in servers:
+            server.stop()
+        shutil.rmtree(WORK, ignore_errors=True)
+    by = {row["workload"]: row for row in results["rows"]}
+    get_ratio = by["service GET uniform"]["rate"] / by["etcd v2 GET"]["rate"]
+    put_ratio = by["service PUT"]["rate"] / by["etcd v2 PUT"]["rate"]
+    results["seconds_total"] = time.monotonic() - started_all
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    name = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    with open(os.path.join(ROOT, "bench", "results", name + ".json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("\n| workload | req/s | p50 ms | p99 ms | CPU s/s |\n| --- | --- | --- | --- | --- |")
+    for row in results["rows"]:
+        print("| %s | %.0f | %s | %.2f | %s |" % (
+            row["workload"], row["rate"], "%.2f" % row["p50"] if row["p50"] is not None else "",
+            row["p99"], " ".join("%s %.2f" % kv for kv in sorted(row["cpu"].items()))))
+    print("\nload: %.0f rows/s; whole run %.0f s; results in bench/results/%s.json"
+          % (results["load_rows_per_second"], results["seconds_total"], name))
+    print("service/MariaDB GET=%.2f PUT=%.2f" % (
+        by["service GET uniform"]["rate"] / by["sysbench oltp_point_select (8 threads)"]["rate"],
+        by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
+    print("service/etcd GET=%.2f PUT=%.2f" % (get_ratio, put_ratio))
+    return 0
+
+
+def _wait(url, seconds=30):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s did not answer" % url)
+            time.sleep(0.1)
+
+
+def _load_etcd(url, count):
+    import concurrent.futures
+    session_count = 16
+
+    def load(start):
+        with requests.Session() as session:
+            for i in range(start, count, session_count):
+                session.put("%s/v2/keys/k%d" % (url, i), data={"value": "v%d" % i}).raise_for_status()
+    with concurrent.futures.ThreadPoolExecutor(session_count) as pool:
+        list(pool.map(load, range(session_count)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
