@@ -27,7 +27,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-__all__ = ["connect", "Store", "Record", "KVError", "NotFound", "InvalidKey", "BadRequest",
+__all__ = ["connect", "Store", "Record", "decode_value", "parse_time", "KVError", "NotFound", "InvalidKey", "BadRequest",
            "PreconditionFailed", "Conflict", "TooLarge", "Unavailable", "ServerError"]
 
 RAW = "application/octet-stream"
@@ -113,14 +113,16 @@ def _error(response) -> KVError:
 
 # -- records --------------------------------------------------------------------------
 
-def _time(text: Optional[str]) -> Optional[datetime.datetime]:
+def parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
+    """An API.md timestamp (RFC 3339 UTC, microseconds) as an aware datetime; None stays None."""
     if text is None:
         return None
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc)
 
 
-def _value(item: dict) -> bytes:
+def decode_value(item: dict) -> bytes:
+    """The bytes of a JSON record or list item (its value and encoding)."""
     if item.get("encoding") == "base64":
         return base64.b64decode(item["value"])
     return item["value"].encode("utf-8")
@@ -144,8 +146,10 @@ class Record:
 
     @classmethod
     def from_json(cls, doc: dict, etag: Optional[str] = None) -> "Record":
-        return cls(doc["key"], _value(doc), doc["version"], etag, _time(doc["created"]),
-                   _time(doc["modified"]), _time(doc.get("expires")))
+        """Build from an API.md JSON record and the response's ETag."""
+        return cls(doc["key"], decode_value(doc), doc["version"], etag,
+                   parse_time(doc["created"]), parse_time(doc["modified"]),
+                   parse_time(doc.get("expires")))
 
 
 def _key(key: Union[str, bytes]) -> str:
@@ -341,7 +345,7 @@ class Store:
         """(key, value) of every live key starting with ``prefix``, lazily."""
         for page in self.pages(prefix, values=True):
             for item in page["items"]:
-                yield item["key"], _value(item)
+                yield item["key"], decode_value(item)
 
     def records(self, prefix: Optional[str] = None) -> Iterator[dict]:
         """The raw JSON items of a values=true listing (key, value, encoding, ...)."""

@@ -15,6 +15,8 @@ import time
 from configuration import PartitionSettings
 from partitions import Partition
 
+PING_AFTER_IDLE_SECONDS = 1.0   # a pooled connection idle this long is pinged before use
+
 
 class MySQLPartition(Partition):
     """A partition in a MySQL/MariaDB database, through mysqlclient.
@@ -23,7 +25,8 @@ class MySQLPartition(Partition):
     between requests), READ COMMITTED, with the configured connect/read/write
     timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
     (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
-    pinged at checkout so connections broken by a server restart are replaced.
+    pinged at checkout after PING_AFTER_IDLE_SECONDS idle, so connections broken
+    by a server restart are replaced.
     """
 
     engine = "mysql"
@@ -59,10 +62,18 @@ class MySQLPartition(Partition):
                                          max_overflow=0, reset_on_return=None,
                                          timeout=self.settings.connect_timeout_seconds)
 
+                    def checked_in(dbapi_connection, record):
+                        record.info["idle_since"] = time.monotonic()
+
                     def ping(dbapi_connection, record, proxy):
-                        # A connection broken by a server restart fails at once:
-                        # reconnect.  A server that hangs fails after the read
-                        # timeout: give up, so a request waits one timeout only.
+                        # Only a connection idle for a while can have been broken
+                        # unseen (server restart, idle timeout): one that fails in
+                        # use is discarded at once.  A broken one is replaced; a
+                        # server that hangs fails after the read timeout: give up,
+                        # so a request waits one timeout only.
+                        idle = time.monotonic() - record.info.get("idle_since", 0.0)
+                        if idle < PING_AFTER_IDLE_SECONDS:
+                            return
                         started = time.monotonic()
                         try:
                             dbapi_connection.ping()
@@ -70,6 +81,7 @@ class MySQLPartition(Partition):
                             if time.monotonic() - started >= self.settings.read_timeout_seconds / 2:
                                 raise
                             raise exc.DisconnectionError() from None
+                    event.listen(new, "checkin", checked_in)
                     event.listen(new, "checkout", ping)
                     self._pool, self._pool_pid = new, os.getpid()
         return self._pool

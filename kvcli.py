@@ -146,10 +146,10 @@ def read_jsonl(stream):
             continue
         try:
             doc = json.loads(line)
-            value = client._value(doc)
+            value = client.decode_value(doc)
             ttl = None
             if doc.get("expires"):
-                remaining = client._time(doc["expires"]).timestamp() - now
+                remaining = client.parse_time(doc["expires"]).timestamp() - now
                 if remaining <= 0:
                     continue                       # expired since the dump
                 ttl = max(1, int(remaining + 0.999))
@@ -197,7 +197,7 @@ class _Loader:
     def check(self, chunk):
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
         return [(key, r["status"], "differs") for (key, value, _), r in zip(chunk, results)
-                if r["status"] != 200 or client._value(r["record"]) != value]
+                if r["status"] != 200 or client.decode_value(r["record"]) != value]
 
 
 def _state_path(args) -> str:
