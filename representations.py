@@ -338,7 +338,11 @@ def parse_record_body(media: str, body: bytes) -> dict:
                                            errors="strict", max_num_fields=10)
         except (UnicodeDecodeError, ValueError):
             raise InvalidRequest("the form body is not valid UTF-8 form encoding") from None
-        return _fields_from_mapping(dict(pairs))
+        fields = dict(pairs)
+        if "value" not in fields and "key" not in fields:
+            raise InvalidRequest("a form body is value=...&ttl=... (curl -d 'value=...'); "
+                                 "for a raw value send Content-Type: application/octet-stream")
+        return _fields_from_mapping(fields)
     root = _xml_document(body)
     if root.tag != "record":
         raise InvalidRequest("the XML root element must be <record>")
