@@ -205,7 +205,9 @@ def _state_path(args) -> str:
 
 
 def _run(label, chunks, work, connections, skip=0, on_done=None):
-    """Run work(chunk) on threads with a progress bar; returns (failures, rows/s)."""
+    """Run work(chunk) for the chunks from index ``skip`` on, on ``connections``
+    threads, with a progress bar; ``on_done(n)`` is told when the first n chunks
+    are all done.  Prints rows/s; returns the failures [(key, status, message)]."""
     total = sum(len(c) for c in chunks)
     failures, done, finished = [], set(), skip
     started = time.monotonic()
@@ -256,6 +258,8 @@ def cmd_load(store, args, rows=None) -> int:
             os.replace(state_path + ".tmp", state_path)
     failures = _run("load", chunks, loader.put, args.connections, skip,
                     save if state_path else None)
+    if state_path and os.path.exists(state_path):
+        os.remove(state_path)      # every batch was sent: a rerun starts over (failed rows too)
     if args.verify:
         failures += _run("verify", chunks, loader.check, args.connections)
         failures += _check_listing(store, {k for k, _, _ in rows}, args)
@@ -268,8 +272,6 @@ def cmd_load(store, args, rows=None) -> int:
         print("%s: %d rows%s, %d failed" % ("OK" if not failures else "FAILED", len(rows),
                                             " loaded and verified" if args.verify else " loaded",
                                             len(failures)))
-    if not failures and state_path and os.path.exists(state_path):
-        os.remove(state_path)
     return EXIT_OK if not failures else EXIT_UNAVAILABLE
 
 
