@@ -250,18 +250,7 @@ class Datastore:
 
     def _newest_elsewhere(self, bucket: bytes, key: bytes, exclude: Partition) -> Optional[Record]:
         """The newest copy of the key on the other candidates (unreachable ones skipped)."""
-        placed, lookaside = self._candidates(bucket, key)
-        newest = None
-        for partition in placed + lookaside:
-            if partition is exclude:
-                continue
-            try:
-                record = partition.read(bucket, key)
-            except PartitionUnavailable:
-                continue
-            if record is not None and (newest is None or winner_key(record) > winner_key(newest)):
-                newest = record
-        return newest
+        return self._newest_many(bucket, [key], exclude).get(key)
 
     # -- writes ----------------------------------------------------------
     def _write(self, bucket: bytes, key: bytes, make) -> Tuple[Record, Optional[Record], str]:
@@ -351,9 +340,9 @@ class Datastore:
                 results[i] = e
                 continue
             by_key.setdefault(op["key"], []).append(i)
-        readers = [k for k, idx in by_key.items() if all(ops[i]["op"] == "get" for i in idx)]
-        self._batch_reads(bucket, readers, by_key, results)
-        writers = [k for k in by_key if k not in set(readers)]
+        readers = {k for k, idx in by_key.items() if all(ops[i]["op"] == "get" for i in idx)}
+        self._batch_reads(bucket, [k for k in by_key if k in readers], by_key, results)
+        writers = [k for k in by_key if k not in readers]
         self._batch_writes(bucket, writers, by_key, ops, results)
         return results
 

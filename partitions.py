@@ -354,7 +354,7 @@ class Partition:
               make: Callable[[Optional[Record], int], Record],
               elsewhere: Optional[Callable[[], Optional[Record]]] = None
               ) -> Tuple[Record, Optional[Record]]:
-        """Atomically read-check-write one key.
+        """Atomically read-check-write one key (:meth:`write_many` for one key).
 
         ``current`` is this partition's row, or, when that is missing or not
         live, the newer of it and ``elsewhere()`` (the key's copy on other
@@ -366,41 +366,34 @@ class Partition:
         :raises PartitionUnavailable: when the database does not answer.
         :raises DatastoreError: whatever ``make`` raises.
         """
+        seen = {}
+
+        def apply(current, now):
+            seen["current"] = current.get(key)
+            return {key: make(seen["current"], now)}
+
+        def others(keys):
+            other = elsewhere()
+            return {key: other} if other is not None else {}
+        record = self.write_many(bucket, [key], apply, others if elsewhere else None)[key]
+        return record, seen["current"]
+
+    def _transact(self, body: Callable):
+        """Run ``body(cursor)`` in one transaction; run it again (at most 4
+        times in all) when it loses a race (duplicate insert, deadlock).
+
+        :returns: what ``body`` returns.
+        :raises PartitionUnavailable: when the database does not answer or
+            the races go on.
+        """
         for attempt in range(4):
             try:
                 with self._cursor(transaction=True) as cursor:
-                    cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows WHERE bucket = %s"
-                                             " AND k = %s" + self.FOR_UPDATE), (bucket, key))
-                    row = cursor.fetchone()
-                    stored = _record(row) if row else None
-                    now = now_us()
-                    current = stored
-                    if elsewhere is not None and (stored is None or not stored.is_live(now)):
-                        other = elsewhere()
-                        if other is not None and (current is None
-                                                  or winner_key(other) > winner_key(current)):
-                            current = other
-                    record = make(current, now)
-                    self._store(cursor, record, stored is not None)
-                return record, current
+                    return body(cursor)
             except _Retry:
                 if attempt == 3:
                     raise PartitionUnavailable([self.name], "write conflict, retry") from None
         raise AssertionError("unreachable")
-
-    def _store(self, cursor, record: Record, exists: bool) -> None:
-        values = (record.value, record.version, record.created_us, record.modified_us,
-                  record.expires_us, int(record.deleted), now_us())
-        if exists:
-            cursor.execute(self._sql(
-                "UPDATE kv_rows SET value = %s, version = %s, created_us = %s, modified_us = %s,"
-                " expires_us = %s, deleted = %s, changed_us = %s WHERE bucket = %s AND k = %s"),
-                values + (record.bucket, record.key))
-        else:
-            cursor.execute(self._sql(
-                "INSERT INTO kv_rows (value, version, created_us, modified_us, expires_us, deleted,"
-                " changed_us, bucket, k) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"),
-                values + (record.bucket, record.key))
 
     # -- for sync.py ----------------------------------------------------------
     _ORDERED_BY = ("changed_us", "modified_us", "expires_us")
@@ -484,26 +477,21 @@ class Partition:
         :returns: what ``apply`` returned.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        for attempt in range(4):
-            try:
-                with self._cursor(transaction=True) as cursor:
-                    stored = {k: r for (_, k), r in
-                              self._select_many(cursor, [(bucket, k) for k in keys], True).items()}
-                    now = now_us()
-                    current = dict(stored)
-                    dead = [k for k in keys if k not in stored or not stored[k].is_live(now)]
-                    if dead and elsewhere is not None:
-                        for key, other in elsewhere(dead).items():
-                            if current.get(key) is None or winner_key(other) > winner_key(current[key]):
-                                current[key] = other
-                    final = apply(current, now)
-                    self._store_many(cursor, [r for k, r in final.items() if k in stored], True)
-                    self._store_many(cursor, [r for k, r in final.items() if k not in stored], False)
-                return final
-            except _Retry:
-                if attempt == 3:
-                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
-        raise AssertionError("unreachable")
+        def body(cursor):
+            stored = {k: r for (_, k), r in
+                      self._select_many(cursor, [(bucket, k) for k in keys], True).items()}
+            now = now_us()
+            current = dict(stored)
+            dead = [k for k in keys if k not in stored or not stored[k].is_live(now)]
+            if dead and elsewhere is not None:
+                for key, other in elsewhere(dead).items():
+                    if current.get(key) is None or winner_key(other) > winner_key(current[key]):
+                        current[key] = other
+            final = apply(current, now)
+            self._store_many(cursor, [r for k, r in final.items() if k in stored], True)
+            self._store_many(cursor, [r for k, r in final.items() if k not in stored], False)
+            return final
+        return self._transact(body)
 
     def _store_many(self, cursor, records: Sequence[Record], replace: bool,
                     max_statement_bytes: int = 4 << 20) -> None:
@@ -528,30 +516,21 @@ class Partition:
     def store_if_newer(self, records: Sequence[Record]) -> List[Record]:
         """Store each record unless this partition's copy wins by :func:`winner_key`.
 
-        One transaction for the whole batch: the check and the write of each
-        row are atomic with respect to client writes.
+        One transaction for the whole batch (one locking query, multi-row
+        statements): the check and the write of each row are atomic with
+        respect to client writes.
 
         :returns: the records that were written.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        for attempt in range(4):
-            try:
-                written = []
-                with self._cursor(transaction=True) as cursor:
-                    for record in records:
-                        cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows WHERE"
-                                                 " bucket = %s AND k = %s" + self.FOR_UPDATE),
-                                       (record.bucket, record.key))
-                        row = cursor.fetchone()
-                        current = _record(row) if row else None
-                        if current is None or winner_key(record) > winner_key(current):
-                            self._store(cursor, record, current is not None)
-                            written.append(record)
-                return written
-            except _Retry:
-                if attempt == 3:
-                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
-        raise AssertionError("unreachable")
+        def body(cursor):
+            stored = self._select_many(cursor, [(r.bucket, r.key) for r in records], True)
+            newer = [r for r in records if (r.bucket, r.key) not in stored
+                     or winner_key(r) > winner_key(stored[(r.bucket, r.key)])]
+            self._store_many(cursor, [r for r in newer if (r.bucket, r.key) in stored], True)
+            self._store_many(cursor, [r for r in newer if (r.bucket, r.key) not in stored], False)
+            return newer
+        return self._transact(body)
 
     def delete_if_unchanged(self, record: Record) -> bool:
         """Delete the row of ``record`` if it still has its version and modified_us.

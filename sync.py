@@ -227,8 +227,7 @@ def replicate(sync: Sync) -> None:
         except PartitionUnavailable as e:
             sync.skip(name, e)
             continue
-        start = int(state[0]) - OVERLAP_US if state else -1
-        after, delivered = (start, b"", b""), True
+        after, delivered = _resume_position(state[0] if state else None), True
         while True:
             try:
                 rows = source.rows_by("changed_us", after, sync.batch)
@@ -250,13 +249,26 @@ def replicate(sync: Sync) -> None:
             after = (last[0], last[1].bucket, last[1].key)
             if delivered and not sync.dry_run:
                 try:
-                    source.set_state(WATERMARK, str(last[0]).encode())
+                    source.set_state(WATERMARK, b"%d %s %s" % (
+                        last[0], last[1].bucket.hex().encode(), last[1].key.hex().encode()))
                 except PartitionUnavailable as e:
                     sync.skip(name, e)
                     break
             sync.progress("replicate", name)
             if len(rows) < sync.batch:
                 break
+
+
+def _resume_position(watermark: Optional[bytes]):
+    """Where replicate resumes: after the watermark's (changed_us, bucket, key)
+    position, or OVERLAP_US before it (rows stored in one statement share a
+    changed_us, so the position, not the time alone, marks what was read)."""
+    if watermark is None:
+        return -1, b"", b""
+    changed, bucket, key = watermark.split(b" ")
+    if OVERLAP_US:
+        return int(changed) - OVERLAP_US, b"", b""
+    return int(changed), bytes.fromhex(bucket.decode()), bytes.fromhex(key.decode())
 
 
 def copy_grouped(sync: Sync, targets: Dict[str, List[Record]]) -> bool:
