@@ -101,6 +101,13 @@ class _MimeRender(mimerender.WebPyMimeRender):
     def _get_request_parameter(self, key, default=None):
         return web.ctx.get("kv_format") or default
 
+    def _make_response(self, content, headers, status):
+        # web.header() re-validates every value; ours are built from ASCII
+        # (ETags, dates, percent-encoded keys) and hold no line breaks.
+        web.ctx.status = status
+        web.ctx.headers.extend(headers)
+        return content
+
 
 def _not_acceptable(accept, supported):
     return "text/plain; charset=utf-8", (
@@ -470,6 +477,14 @@ def _processor(store):
     return process
 
 
+def _whole_body(app):
+    """WSGI middleware: answer with a one-item list (web.py returns a generator),
+    which servers such as granian send in one write without iterating."""
+    def whole(environ, start_response):
+        return [b"".join(app(environ, start_response))]
+    return whole
+
+
 def create_application(config_path=None, store=None):
     """Build the WSGI application.
 
@@ -488,7 +503,7 @@ def create_application(config_path=None, store=None):
     app = web.application(URLS, {"KeyList": KeyList, "KeyResource": KeyResource, "Batch": Batch,
                                  "Health": Health, "Unknown": Unknown}, autoreload=False)
     app.add_processor(_processor(store))
-    wsgi = app.wsgifunc()
+    wsgi = app.wsgifunc(_whole_body)
     wsgi.store = store
     return wsgi
 

@@ -14,9 +14,14 @@ import os
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from coalescing import Coalescer
 from configuration import PartitionSettings
 
 log = logging.getLogger("kv.partition")
+
+#: The most single-key reads / writes one coalesced query / transaction takes.
+COALESCE_READS = 64
+COALESCE_WRITES = 64
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "database_definition.sql")
 
@@ -213,6 +218,9 @@ class Partition:
     - ``write`` runs ``make(current, now_us)`` inside one transaction that
       holds the row lock, and stores the record it returns: the check and the
       write are atomic, so of concurrent conditional writes exactly one wins.
+    - Concurrent ``read`` calls of one process share one query, and
+      concurrent ``write`` calls one transaction (coalescing.py); each call
+      still sees every write that completed before it began.
     - ``scan`` returns rows (tombstones included) in byte order of key.
     - Any failure to reach the database, or a timeout, raises
       :class:`PartitionUnavailable` (the driver exception in ``original``);
@@ -234,6 +242,8 @@ class Partition:
         self.name = settings.name
         self._down_until = 0.0
         self._down_reason = ""
+        self._reads = Coalescer(self._read_batch, COALESCE_READS)
+        self._writes = Coalescer(self._write_batch, COALESCE_WRITES)
 
     def describe(self) -> str:
         """Client-safe one-line description (engine and location, no password)."""
@@ -318,14 +328,16 @@ class Partition:
     def read(self, bucket: bytes, key: bytes) -> Optional[Record]:
         """The stored row of (bucket, key), tombstones and expired rows included.
 
+        Concurrent calls are coalesced into one :meth:`read_many` query.
+
         :returns: :class:`Record` or None.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        with self._cursor() as cursor:
-            cursor.execute(self._sql("SELECT " + _COLUMNS + " FROM kv_rows"
-                                     " WHERE bucket = %s AND k = %s"), (bucket, key))
-            row = cursor.fetchone()
-        return _record(row) if row else None
+        return self._reads.submit((bucket, key))
+
+    def _read_batch(self, items: List[Tuple[bytes, bytes]]) -> List[Optional[Record]]:
+        found = self.read_many(items)
+        return [found.get(item) for item in items]
 
     def scan(self, bucket: bytes, start: bytes, inclusive: bool, end: Optional[bytes],
              limit: int, values: bool = False) -> List[Record]:
@@ -354,29 +366,58 @@ class Partition:
               make: Callable[[Optional[Record], int], Record],
               elsewhere: Optional[Callable[[], Optional[Record]]] = None
               ) -> Tuple[Record, Optional[Record]]:
-        """Atomically read-check-write one key (:meth:`write_many` for one key).
+        """Atomically read-check-write one key.
 
         ``current`` is this partition's row, or, when that is missing or not
         live, the newer of it and ``elsewhere()`` (the key's copy on other
         partitions, so versions continue and preconditions hold before sync
         has copied a key here).  ``make(current, now_us)`` returns the record
-        to store or raises (nothing is then written).
+        to store or raises (nothing is then written for this call).
+
+        Concurrent calls are coalesced into one :meth:`write_many`
+        transaction per bucket, applied in arrival order: a later call on the
+        same key sees the record of the earlier one as ``current``.
 
         :returns: (record stored, current).
         :raises PartitionUnavailable: when the database does not answer.
-        :raises DatastoreError: whatever ``make`` raises.
+        :raises Exception: whatever ``make`` raises.
         """
-        seen = {}
+        return self._writes.submit((bucket, key, make, elsewhere))
 
-        def apply(current, now):
-            seen["current"] = current.get(key)
-            return {key: make(seen["current"], now)}
+    def _write_batch(self, items: List[tuple]) -> list:
+        outcomes: list = [None] * len(items)
+        by_bucket: dict = {}
+        for i, item in enumerate(items):
+            by_bucket.setdefault(item[0], []).append(i)
+        for bucket, indexes in by_bucket.items():
+            def apply(current, now, indexes=indexes):
+                final = {}
+                for i in indexes:
+                    _, key, make, _ = items[i]
+                    previous = current.get(key)
+                    try:
+                        record = make(previous, now)
+                    except Exception as e:     # this call fails; the others go on
+                        outcomes[i] = e
+                        continue
+                    outcomes[i] = (record, previous)
+                    current[key] = final[key] = record
+                return final
 
-        def others(keys):
-            other = elsewhere()
-            return {key: other} if other is not None else {}
-        record = self.write_many(bucket, [key], apply, others if elsewhere else None)[key]
-        return record, seen["current"]
+            def others(dead, indexes=indexes):
+                found = {}
+                for i in indexes:
+                    _, key, _, elsewhere = items[i]
+                    if key in dead and key not in found and elsewhere is not None:
+                        found[key] = elsewhere()
+                return {key: record for key, record in found.items() if record is not None}
+            try:
+                self.write_many(bucket, list(dict.fromkeys(items[i][1] for i in indexes)),
+                                apply, others)
+            except DatastoreError as e:
+                for i in indexes:
+                    outcomes[i] = e
+        return outcomes
 
     def _transact(self, body: Callable):
         """Run ``body(cursor)`` in one transaction; run it again (at most 4
