@@ -26,16 +26,21 @@ class MySQLPartition(Partition):
     timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
     (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
     pinged at checkout after PING_AFTER_IDLE_SECONDS idle, so connections broken
-    by a server restart are replaced.
+    by a server restart are replaced.  Multi-statement packets are on, so a
+    transaction folds BEGIN and COMMIT into its other statements (every
+    parameter is still escaped by the driver).
     """
 
     engine = "mysql"
+    FOLD_STATEMENTS = True
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)
         import MySQLdb
+        import MySQLdb.constants.CLIENT
         import sqlalchemy.exc
         self._driver = MySQLdb
+        self._multi_statements = MySQLdb.constants.CLIENT.MULTI_STATEMENTS
         self.driver_errors = (MySQLdb.Error, sqlalchemy.exc.TimeoutError)
         self._pool = None
         self._pool_pid = None
@@ -51,6 +56,7 @@ class MySQLPartition(Partition):
             host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
             connect_timeout=s.connect_timeout_seconds, read_timeout=s.read_timeout_seconds,
             write_timeout=s.write_timeout_seconds, autocommit=True, charset="utf8mb4",
+            client_flag=self._multi_statements,
             init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
     def _get_pool(self):

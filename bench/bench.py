@@ -14,6 +14,7 @@ for scripts: ``service/etcd GET=<ratio> PUT=<ratio>``.
 """
 
 import argparse
+import io
 import json
 import os
 import random
@@ -33,6 +34,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "test")]
 
 import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
 import kvcli  # noqa: E402
+import sync  # noqa: E402
+from datastore import Datastore  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
@@ -138,6 +141,85 @@ def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_requ
     return row
 
 
+def rss_mib(pid):
+    """Resident set size of a process in MiB (0 when it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) / 1024
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def memory_run(url, paths, server_pid, seconds, warmup=30, every=5):
+    """YCSB-B for ``seconds`` while sampling each worker's RSS every ``every``
+    seconds; after ``warmup`` seconds each worker must stay within +-10% of
+    its first sample.  Returns a dict for the results file."""
+    workers = [pid for pid in children(server_pid) if pid != server_pid]
+    runner = subprocess.Popen(
+        ["wrk", "-t1", "-c%d" % CONNECTIONS, "-d%ds" % seconds, "-s",
+         os.path.join(WORK, "bench.lua"), url], env=dict(os.environ, BENCH_MODE="ycsb-b", BENCH_PATHS=paths),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    samples = {pid: [] for pid in workers}
+    started = time.monotonic()
+    while runner.poll() is None:
+        time.sleep(every)
+        if time.monotonic() - started >= warmup:
+            for pid in workers:
+                samples[pid].append(rss_mib(pid))
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", runner.stdout.read().decode())
+    report = {"seconds": seconds, "requests_per_second": float(rate.group(1)) if rate else 0,
+              "workers": []}
+    for pid, values in samples.items():
+        values = [v for v in values if v] or [0.0]
+        first = values[0]
+        spread = (max(values) - min(values)) / first if first else 0
+        report["workers"].append({"first_mib": first, "min_mib": min(values),
+                                  "max_mib": max(values), "last_mib": values[-1],
+                                  "flat": all(abs(v - first) <= 0.1 * first for v in values)})
+        print("  memory of worker %d over %d s of YCSB-B: %.1f MiB after %d s warm-up, "
+              "min %.1f, max %.1f, last %.1f (spread %.1f%%)" % (
+                  pid, seconds, first, warmup, min(values), max(values), values[-1], 100 * spread),
+              flush=True)
+    return report
+
+
+def sync_runs(config, servers):
+    """Time a sync pass (replicas still missing after the load), then a 4th
+    partition's rebalance and a verify.  Returns a dict for the results file."""
+    def one(store, **kw):
+        out = io.StringIO()
+        started = time.monotonic()
+        code = sync.run(store, out=out, **kw)
+        seconds = time.monotonic() - started
+        line = out.getvalue().strip().splitlines()[-1]
+        counts = {k: int(v) for k, v in re.findall(r"(scanned|copied|moved|divergent)=(\d+)", line)}
+        if "divergent" not in counts:
+            counts["divergent"] = int(re.search(r"(\d+) divergent", line).group(1))
+        return dict(counts, seconds=seconds, exit=code, line=line)
+    report = {}
+    store = Datastore.from_config(config)
+    first = one(store)
+    store.close()
+    report["replicate"] = first
+    print("  sync pass after the load: %s -> %.0f rows copied/s, %.0f rows scanned/s" % (
+        first["line"], first["copied"] / first["seconds"], first["scanned"] / first["seconds"]),
+        flush=True)
+    fourth = dbservers.MariaDB("bench-4")
+    fourth.durable = True
+    servers.append(fourth.start())
+    fourth.apply_schema()
+    config4 = dbservers.write_config(config + ".4", servers, replicas=2)
+    store = Datastore.from_config(config4)
+    moved = one(store)
+    check = one(store, check=True)
+    store.close()
+    report["rebalance"], report["verify"] = moved, check
+    print("  adding a 4th partition: %s (%.1f s, %.0f keys moved/s)" % (
+        moved["line"], moved["seconds"], moved["moved"] / moved["seconds"]), flush=True)
+    print("  verify after the move: %s" % check["line"], flush=True)
+    return report
+
+
 def sysbench(server, test, threads, seconds, reps):
     """Median tps of a sysbench oltp test on ``server``."""
     common = ["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port=%d" % server.port,
@@ -161,8 +243,10 @@ def main(argv=None) -> int:
     parser.add_argument("--keys", type=int, default=100000)
     parser.add_argument("--server", choices=sorted(SERVERS), default="granian",
                         help="production WSGI server to measure (granian)")
+    parser.add_argument("--memory-seconds", type=int, default=300,
+                        help="length of the run that watches each worker's memory (0: skip)")
     parser.add_argument("--only-service", action="store_true",
-                        help="skip sysbench and etcd (quick comparisons)")
+                        help="skip sync, memory, sysbench and etcd (quick comparisons)")
     args = parser.parse_args(argv)
     WORK = tempfile.mkdtemp(prefix="kv-bench-")
     with open(os.path.join(WORK, "bench.lua"), "w") as f:
@@ -230,11 +314,14 @@ def main(argv=None) -> int:
         table.append(measure("service list pages of 100", url, "list", lists, groups, s, r))
         table.append(measure("service POST /batch (keys/s)", url, "batch", paths, groups, s, r,
                              bodies=bodies, per_request=1000))
+        if args.memory_seconds and not args.only_service:
+            results["memory"] = memory_run(url, paths, service.pid, args.memory_seconds)
         service.terminate()
         service.wait()
         service = None
         if args.only_service:
             return _report(results, None)
+        results["sync"] = sync_runs(config, servers)
 
         print("MariaDB floor (sysbench on partition-1's server):", flush=True)
         servers[0].execute("CREATE DATABASE IF NOT EXISTS sbtest")
@@ -302,6 +389,18 @@ def _report(results, started_all) -> int:
             row["p99"], " ".join("%s %.2f" % kv for kv in sorted(row["cpu"].items()))))
     print("\nload: %.0f rows/s; whole run %.0f s; results in bench/results/%s.json"
           % (results["load_rows_per_second"], results["seconds_total"], name))
+    if "sync" in results:
+        first, moved = results["sync"]["replicate"], results["sync"]["rebalance"]
+        print("sync: %.0f rows copied/s (%d rows in %.1f s); 4th partition: %d keys moved in %.1f s;"
+              " verify: %d divergent" % (first["copied"] / first["seconds"], first["copied"],
+                                        first["seconds"], moved["moved"], moved["seconds"],
+                                        results["sync"]["verify"]["divergent"]))
+    if "memory" in results:
+        memory = results["memory"]
+        print("memory over %d s of YCSB-B: %s" % (memory["seconds"], "; ".join(
+            "worker %.1f -> max %.1f MiB (%s)" % (w["first_mib"], w["max_mib"],
+                                                  "flat" if w["flat"] else "NOT flat")
+            for w in memory["workers"])))
     print("service/MariaDB GET=%.2f PUT=%.2f" % (
         by["service GET uniform"]["rate"] / by["sysbench oltp_point_select (8 threads)"]["rate"],
         by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
