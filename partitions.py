@@ -243,6 +243,10 @@ class _Transaction:
     def fetchall(self):
         return self.cursor.fetchall()
 
+    @property
+    def rowcount(self) -> int:
+        return self.cursor.rowcount
+
     def write(self, sql: str, params: Sequence) -> None:
         if not self._fold:
             self.cursor.execute(sql, params)
@@ -634,17 +638,26 @@ class Partition:
             return newer
         return self._transact(body)
 
-    def delete_if_unchanged(self, record: Record) -> bool:
-        """Delete the row of ``record`` if it still has its version and modified_us.
+    def delete_if_unchanged(self, records: Sequence[Record]) -> int:
+        """Delete the rows of ``records`` that still have their version and
+        modified_us, in one transaction (one statement per 500 rows).
 
-        :returns: True when a row was deleted (False: a client wrote meanwhile).
+        :returns: how many rows were deleted (a row a client wrote meanwhile
+            is kept).
         :raises PartitionUnavailable: when the database does not answer.
         """
-        with self._cursor() as cursor:
-            cursor.execute(self._sql("DELETE FROM kv_rows WHERE bucket = %s AND k = %s"
-                                     " AND version = %s AND modified_us = %s"),
-                           (record.bucket, record.key, record.version, record.modified_us))
-            return cursor.rowcount == 1
+        def body(cursor):
+            deleted = 0
+            for start in range(0, len(records), 500):
+                chunk = records[start:start + 500]
+                cursor.execute(self._sql(
+                    "DELETE FROM kv_rows WHERE " + " OR ".join(
+                        ["(bucket = %s AND k = %s AND version = %s AND modified_us = %s)"]
+                        * len(chunk))),
+                    [v for r in chunk for v in (r.bucket, r.key, r.version, r.modified_us)])
+                deleted += cursor.rowcount
+            return deleted
+        return self._transact(body) if records else 0
 
     def get_state(self, name: bytes) -> Optional[Tuple[bytes, int]]:
         """(value, updated_us) of a kv_sync_state row, or None."""

@@ -336,16 +336,16 @@ def _scan_off_placement(sync: Sync, name: str, delete: bool) -> bool:
                 except PartitionUnavailable as e:
                     sync.skip(target, e)
                     complete = False
-            for record in off:
-                copies = [present.get(t, {}).get((record.bucket, record.key))
-                          for t in sync.placement(record)]
-                if all(c is not None and winner_key(c) >= winner_key(record) for c in copies):
-                    try:
-                        if sync.dry_run or source.delete_if_unchanged(record):
-                            sync.summary.moved += 1
-                    except PartitionUnavailable as e:
-                        sync.skip(name, e)
-                        return False
+            placed = [record for record in off
+                      if all(c is not None and winner_key(c) >= winner_key(record)
+                             for c in (present.get(t, {}).get((record.bucket, record.key))
+                                       for t in sync.placement(record)))]
+            try:
+                sync.summary.moved += len(placed) if sync.dry_run else \
+                    source.delete_if_unchanged(placed)
+            except PartitionUnavailable as e:
+                sync.skip(name, e)
+                return False
         else:
             complete = copy_grouped(sync, targets) and complete
         after = (rows[-1].bucket, rows[-1].key)
@@ -389,12 +389,16 @@ def purge(sync: Sync) -> None:
                 except PartitionUnavailable as e:
                     sync.skip(target, e)
                     return
-                for record in records:
-                    stale = [c for t in sync.placement(record) if t != name
-                             for c in [copies[t].get((record.bucket, record.key))]
-                             if c is not None and winner_key(c) < winner_key(record)]
-                    if not stale and (sync.dry_run or source.delete_if_unchanged(record)):
-                        sync.summary.purged += 1
+                gone = [record for record in records
+                        if not any(c is not None and winner_key(c) < winner_key(record)
+                                   for t in sync.placement(record) if t != name
+                                   for c in [copies[t].get((record.bucket, record.key))])]
+                try:
+                    sync.summary.purged += len(gone) if sync.dry_run else \
+                        source.delete_if_unchanged(gone)
+                except PartitionUnavailable as e:
+                    sync.skip(name, e)
+                    return
                 after = (rows[-1][0], rows[-1][1].bucket, rows[-1][1].key)
                 sync.progress("purge", name)
                 if len(rows) < sync.batch:

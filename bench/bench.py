@@ -192,9 +192,8 @@ def sync_runs(config, servers):
         code = sync.run(store, out=out, **kw)
         seconds = time.monotonic() - started
         line = out.getvalue().strip().splitlines()[-1]
-        counts = {k: int(v) for k, v in re.findall(r"(scanned|copied|moved|divergent)=(\d+)", line)}
-        if "divergent" not in counts:
-            counts["divergent"] = int(re.search(r"(\d+) divergent", line).group(1))
+        counts = {k: int(v) for k, v in re.findall(r"(scanned|copied|moved)=(\d+)", line)}
+        counts.update((k, int(v)) for v, k in re.findall(r"(\d+) (keys|divergent)", line))
         return dict(counts, seconds=seconds, exit=code, line=line)
     report = {}
     store = Datastore.from_config(config)

@@ -171,6 +171,37 @@ class PartitionContract:
         self.assertEqual(len(winners), 1, results)
         self.assertTrue(all(isinstance(r, (Record, datastore.KeyExists)) for r in results), results)
 
+    def test_concurrent_writes_of_one_key_each_see_the_one_before(self):
+        _put(self.partition, b"counter", b"0")
+
+        def increment(i):
+            def make(current, now):
+                return Record(BUCKET, b"counter", b"%d" % (int(current.value) + 1),
+                              current.version + 1, current.created_us, now, None, False)
+            return self.partition.write(BUCKET, b"counter", make)
+        results = _race(30, increment)
+        self.assertEqual(sorted(record.version for record, _ in results), list(range(2, 32)))
+        self.assertTrue(all(previous.version == record.version - 1 for record, previous in results))
+        self.assertEqual(self.partition.read(BUCKET, b"counter").value, b"30")
+
+    def test_one_transaction_may_hold_more_than_one_packet_of_writes(self):
+        value = b"v" * (1 << 20)
+        keys = [b"big-%d" % i for i in range(12)]        # 12 MiB: three 4 MiB packets
+
+        def apply(current, now):
+            return {k: Record(BUCKET, k, value + k, 1, now, now, None, False) for k in keys}
+        self.partition.write_many(BUCKET, keys, apply)
+        for key in keys:
+            self.assertEqual(self.partition.read(BUCKET, key).value, value + key)
+
+    def test_delete_if_unchanged_keeps_rows_written_since(self):
+        kept, gone = _put(self.partition, b"kept", b"1"), _put(self.partition, b"gone", b"1")
+        _put(self.partition, b"kept", b"2")
+        self.assertEqual(self.partition.delete_if_unchanged([kept, gone]), 1)
+        self.assertEqual(self.partition.read(BUCKET, b"kept").value, b"2")
+        self.assertIsNone(self.partition.read(BUCKET, b"gone"))
+        self.assertEqual(self.partition.delete_if_unchanged([]), 0)
+
     def test_schema_is_idempotent(self):
         _put(self.partition, b"kept", b"v")
         self.partition.apply_schema()
