@@ -10,6 +10,7 @@ Run: ``python controller.py [HOST:]PORT`` (web.py's own server, cheroot), or in
 production ``gunicorn 'controller:create_application()'``.
 """
 
+import functools
 import logging
 import re
 import sys
@@ -283,9 +284,14 @@ def path_key() -> bytes:
     return path[len(script) + len(b"/keys/"):]
 
 
+@functools.lru_cache(maxsize=4096)
+def http_date(seconds: int) -> str:
+    """IMF-fixdate of a Unix time in seconds (RFC 9110 section 5.6.7)."""
+    return formatdate(seconds, usegmt=True)
+
+
 def record_headers(record, partition):
-    return [("ETag", record.etag),
-            ("Last-Modified", formatdate(record.modified_us // 1_000_000, usegmt=True)),
+    return [("ETag", record.etag), ("Last-Modified", http_date(record.modified_us // 1_000_000)),
             ("X-Partition", partition)]
 
 

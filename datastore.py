@@ -20,10 +20,10 @@ from typing import List, Optional, Sequence, Tuple
 
 from configuration import ConfigurationError, Settings, load_config
 from engines import make_partition
-from partitions import (Condition, DatastoreError, InvalidKey, InvalidRequest,
-                        KeyExists, KeyNotFound, Partition, PartitionUnavailable,
-                        PreconditionFailed, Record, ValueTooLarge,
-                        now_us, winner_key)
+from partitions import Partition
+from records import (Condition, DatastoreError, InvalidKey, InvalidRequest, KeyExists,
+                     KeyNotFound, PartitionUnavailable, PreconditionFailed, Record,
+                     ValueTooLarge, now_us, winner_key)
 
 __all__ = [
     "Datastore", "Listing", "placement", "check_key", "encode_cursor", "decode_cursor",

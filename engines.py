@@ -32,7 +32,6 @@ class MySQLPartition(Partition):
     """
 
     engine = "mysql"
-    FOLD_STATEMENTS = True
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)
@@ -95,6 +94,21 @@ class MySQLPartition(Partition):
     def _acquire(self):
         return self._get_pool().connect()
 
+    def _literal(self, conn):
+        # mysql_real_escape_string through the driver, as the driver itself
+        # quotes bytes; ints and NULL need no escaping.  Faster than the
+        # driver's generic per-parameter dispatch on multi-row statements.
+        quote, generic = conn.string_literal, conn.literal
+
+        def literal(value):
+            kind = value.__class__
+            if kind is bytes:
+                return quote(value)
+            if kind is int or kind is bool:
+                return b"%d" % value
+            return b"NULL" if value is None else generic(value)
+        return literal
+
     def _release(self, conn, broken):
         if broken:
             conn.invalidate()
@@ -125,6 +139,10 @@ class SQLitePartition(Partition):
     engine = "sqlite"
     BEGIN = "BEGIN IMMEDIATE"
     FOR_UPDATE = ""
+    UPDATE_EXISTING = (" ON CONFLICT (bucket, k) DO UPDATE SET value = excluded.value,"
+                       " version = excluded.version, created_us = excluded.created_us,"
+                       " modified_us = excluded.modified_us, expires_us = excluded.expires_us,"
+                       " deleted = excluded.deleted, changed_us = excluded.changed_us")
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)

@@ -3,12 +3,11 @@
 :class:`Partition` is the contract (documented in its docstring) and holds all
 shared logic and SQL; the engines in engines.py (MySQL through mysqlclient,
 embedded SQLite) override only connecting, transaction start and the
-translation of driver errors.  The records, conditions and errors defined here are the
-vocabulary of ``datastore.py`` and ``sync.py``; none of it knows HTTP.
+translation of driver errors.  Rows travel as records.py's :class:`Record`;
+failures are records.py's errors.  Nothing here knows HTTP.
 """
 
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from coalescing import Coalescer
 from configuration import PartitionSettings
+from records import DatastoreError, PartitionUnavailable, Record, now_us, winner_key
 
 log = logging.getLogger("kv.partition")
 
@@ -24,173 +24,6 @@ COALESCE_READS = 64
 COALESCE_WRITES = 64
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "database_definition.sql")
-
-
-def now_us() -> int:
-    """The current time in microseconds since the Unix epoch (UTC)."""
-    return time.time_ns() // 1000
-
-
-# -- errors ----------------------------------------------------------------
-
-class DatastoreError(Exception):
-    """Root of the data layer's errors.
-
-    ``code`` is the API error code (API.md); the message is safe to show to
-    clients; ``original`` (a driver exception, or None) is for logs only.
-    """
-    code = "internal_error"
-
-    def __init__(self, message: str = "", original: Optional[BaseException] = None):
-        super().__init__(message)
-        self.message = message
-        self.original = original
-
-    def __str__(self):
-        return self.message
-
-
-class InvalidKey(DatastoreError, ValueError):
-    """The key breaks API.md's key rules (empty, > 512 bytes, not UTF-8, control character)."""
-    code = "invalid_key"
-
-
-class InvalidRequest(DatastoreError, ValueError):
-    """A parameter or body is malformed (bad ttl, limit, cursor, base64, ...)."""
-    code = "bad_request"
-
-
-class ValueTooLarge(DatastoreError):
-    """The value or body is larger than the configured limit (bytes)."""
-    code = "too_large"
-
-    def __init__(self, size: int, limit: int, what: str = "value"):
-        super().__init__("the %s is %d bytes; at most %d are allowed" % (what, size, limit))
-        self.size, self.limit = size, limit
-
-
-class KeyNotFound(DatastoreError, KeyError):
-    """The key is absent, deleted or expired."""
-    code = "key_not_found"
-
-    def __init__(self, key: bytes):
-        super().__init__("no key %r" % key.decode("utf-8", "replace"))
-        self.key = key
-
-
-class KeyExists(DatastoreError):
-    """A create-only write (POST /keys) found the key live."""
-    code = "key_exists"
-
-    def __init__(self, key: bytes):
-        super().__init__("the key %r exists" % key.decode("utf-8", "replace"))
-        self.key = key
-
-
-class PreconditionFailed(DatastoreError):
-    """An If-Match or If-None-Match condition did not hold (RFC 9110 section 13.1)."""
-    code = "precondition_failed"
-
-
-class PartitionUnavailable(DatastoreError):
-    """No partition that could serve the request answered in time.
-
-    :ivar list partitions: names of the partitions that failed.
-    :ivar str reason: short client-safe reason (no host names, no SQL).
-    :ivar int retry_after_seconds: when a retry may succeed.
-    """
-    code = "unavailable"
-
-    def __init__(self, partitions: Sequence[str], reason: str = "", original=None,
-                 retry_after_seconds: int = 2):
-        names = ", ".join(partitions) or "no partition"
-        super().__init__("partition unavailable: %s%s" % (names, " (%s)" % reason if reason else ""),
-                         original)
-        self.partitions, self.reason = list(partitions), reason
-        self.retry_after_seconds = retry_after_seconds
-
-
-# -- records and conditions --------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One stored row.
-
-    ``bucket``/``key``/``value`` are bytes; ``version`` counts writes of the key
-    from 1; ``created_us``, ``modified_us`` and ``expires_us`` (None: never) are
-    microseconds since the epoch; ``deleted`` marks a tombstone.
-    """
-    bucket: bytes
-    key: bytes
-    value: bytes
-    version: int
-    created_us: int
-    modified_us: int
-    expires_us: Optional[int]
-    deleted: bool
-
-    @property
-    def etag(self) -> str:
-        """Strong entity tag, quoted (RFC 9110 section 8.8.3).
-
-        Made of version and modified_us, so it changes on every write, a
-        delete and re-create included, and is the same on every replica.
-        """
-        return '"%x-%x"' % (self.version, self.modified_us)
-
-    def is_live(self, now: int) -> bool:
-        """True unless this is a tombstone or expired at ``now`` (microseconds)."""
-        return not self.deleted and (self.expires_us is None or self.expires_us > now)
-
-
-def winner_key(record: Record) -> tuple:
-    """Sort key of the conflict rule: the greatest wins on every replica.
-
-    Newest ``modified_us``, then the higher version, then a tombstone over a
-    value, then the greater value bytes: a total order, so every replica and
-    every sync pass picks the same winner (last-writer-wins register).
-    """
-    return record.modified_us, record.version, record.deleted, record.value
-
-
-def _opaque(tag: str) -> str:
-    return tag[2:] if tag.startswith("W/") else tag
-
-
-@dataclasses.dataclass(frozen=True)
-class Condition:
-    """Preconditions of a write, evaluated on the live record (RFC 9110 section 13.2.2).
-
-    ``if_match`` / ``if_none_match``: None, ``"*"`` or a tuple of entity tags as
-    sent (``'"abc"'``, ``'W/"abc"'``).  If-Match compares strongly, If-None-Match
-    weakly (RFC 9110 section 8.8.3.2).  ``create_only`` makes a live key a
-    :class:`KeyExists` (POST /keys).
-    """
-    if_match: object = None
-    if_none_match: object = None
-    create_only: bool = False
-
-    def check(self, current: Optional[Record], now: int) -> Optional[Record]:
-        """Evaluate against ``current`` (newest copy, possibly dead).
-
-        :returns: the live record, or None when the key is absent.
-        :raises PreconditionFailed: when a condition fails.
-        :raises KeyExists: for create_only on a live key.
-        """
-        live = current if current is not None and current.is_live(now) else None
-        if self.if_match is not None:
-            if live is None:
-                raise PreconditionFailed("If-Match: the key does not exist")
-            if self.if_match != "*" and live.etag not in self.if_match:
-                raise PreconditionFailed("If-Match: the current ETag is %s" % live.etag)
-        if self.if_none_match is not None and live is not None:
-            if self.if_none_match == "*":
-                raise PreconditionFailed("If-None-Match: the key exists")
-            if _opaque(live.etag) in {_opaque(t) for t in self.if_none_match}:
-                raise PreconditionFailed("If-None-Match: the current ETag matches")
-        if self.create_only and live is not None:
-            raise KeyExists(live.key)
-        return live
 
 
 # -- the partition contract ---------------------------------------------------
@@ -212,20 +45,21 @@ class _Transaction:
     """The cursor of one transaction, with ``write`` for statements whose
     result is not read.
 
-    With ``fold`` (an engine that takes several statements in one round
-    trip), BEGIN travels with the first statement and the writes with
-    COMMIT, so a read-check-write transaction costs two round trips, not
-    four.  Writes are sent early when they pass ``FOLD_BYTES``.
+    With ``literal`` (an engine whose driver takes several statements in one
+    round trip; ``literal(value) -> bytes`` quotes a parameter), BEGIN
+    travels with the first statement and the writes, quoted here, with
+    COMMIT: a read-check-write transaction costs two round trips, not four.
+    Writes are sent early when they pass ``FOLD_BYTES``.
     """
 
     FOLD_BYTES = 4 << 20
 
-    def __init__(self, cursor, begin: str, fold: bool):
-        self.cursor, self._fold = cursor, fold
+    def __init__(self, cursor, begin: str, literal: Optional[Callable[[object], bytes]]):
+        self.cursor, self._literal = cursor, literal
         self._begin: Optional[str] = begin
-        self._writes: list = []
+        self._writes: List[bytes] = []
         self._bytes = 0
-        if not fold:
+        if literal is None:
             cursor.execute(begin)
             self._begin = None
 
@@ -248,26 +82,25 @@ class _Transaction:
         return self.cursor.rowcount
 
     def write(self, sql: str, params: Sequence) -> None:
-        if not self._fold:
+        if self._literal is None:
             self.cursor.execute(sql, params)
             return
-        size = len(sql) + sum(len(p) for p in params if isinstance(p, bytes))
-        if self._writes and self._bytes + size > self.FOLD_BYTES:
+        statement = sql.encode("ascii") % tuple(map(self._literal, params))
+        if self._writes and self._bytes + len(statement) > self.FOLD_BYTES:
             self._send([])
-        self._writes.append((sql, params))
-        self._bytes += size
+        self._writes.append(statement)
+        self._bytes += len(statement)
 
-    def _send(self, tail: List[str]) -> None:
-        statements = ([self._begin] if self._begin is not None else []) + \
-            [sql for sql, _ in self._writes] + tail
-        self.cursor.execute("; ".join(statements), [p for _, ps in self._writes for p in ps])
+    def _send(self, tail: List[bytes]) -> None:
+        head = [self._begin.encode("ascii")] if self._begin is not None else []
+        self.cursor.execute(b"; ".join(head + self._writes + tail))
         while self.cursor.nextset() is not None:
             pass
         self._begin, self._writes, self._bytes = None, [], 0
 
     def commit(self, conn) -> None:
         if self._writes:
-            self._send(["COMMIT"])
+            self._send([b"COMMIT"])
         elif self._begin is None:
             conn.commit()
 
@@ -292,14 +125,18 @@ class Partition:
       fails fast meanwhile.  Nothing else leaks driver exceptions.
 
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
-    ``FOR_UPDATE``, ``FOLD_STATEMENTS``, ``_classify`` (driver error -> retry/busy/down) and
-    ``_schema_statements``; SQL is written once with ``%s`` placeholders.
+    ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``_literal``
+    (to fold statements), ``_classify`` (driver error -> retry/busy/down)
+    and ``_schema_statements``; SQL is written once with ``%s`` placeholders.
     """
 
     engine = ""
     BEGIN = "START TRANSACTION"
     FOR_UPDATE = " FOR UPDATE"
-    FOLD_STATEMENTS = False     # the driver sends "A; B" in one round trip
+    UPDATE_EXISTING = (" ON DUPLICATE KEY UPDATE value = VALUES(value), version = VALUES(version),"
+                       " created_us = VALUES(created_us), modified_us = VALUES(modified_us),"
+                       " expires_us = VALUES(expires_us), deleted = VALUES(deleted),"
+                       " changed_us = VALUES(changed_us)")
     driver_errors: Tuple[type, ...] = ()
 
     def __init__(self, settings: PartitionSettings):
@@ -331,6 +168,11 @@ class Partition:
     def _sql(self, statement: str) -> str:
         return statement
 
+    def _literal(self, conn) -> Optional[Callable[[object], bytes]]:
+        """A function quoting one parameter as SQL when the driver sends many
+        statements in one round trip (transactions then fold), else None."""
+        return None
+
     def close(self) -> None:
         """Close the connections of this process."""
 
@@ -361,7 +203,7 @@ class Partition:
         try:
             cursor = conn.cursor()
             if transaction:
-                tx = _Transaction(cursor, self.BEGIN, self.FOLD_STATEMENTS)
+                tx = _Transaction(cursor, self.BEGIN, self._literal(conn))
                 try:
                     yield tx
                     tx.commit(conn)
@@ -576,9 +418,9 @@ class Partition:
         live are completed with ``elsewhere(keys)`` (key -> newest Record on
         other partitions), then ``apply(current, now_us)`` gets key -> Record
         or None and returns key -> Record to store for the keys it changed.
-        Locked rows are rewritten with one multi-row REPLACE, new ones with
-        one multi-row INSERT (a concurrent insert of the same key makes the
-        whole call run again).
+        Locked rows are updated in place by one multi-row upsert, new ones
+        written by one multi-row INSERT (a concurrent insert of the same key
+        makes the whole call run again).
 
         :returns: what ``apply`` returned.
         :raises PartitionUnavailable: when the database does not answer.
@@ -601,8 +443,9 @@ class Partition:
 
     def _store_many(self, cursor, records: Sequence[Record], replace: bool,
                     max_statement_bytes: int = 4 << 20) -> None:
-        """Multi-row REPLACE (rows this transaction locked) or INSERT (new rows),
-        at most 500 rows and about 4 MiB of values per statement."""
+        """Multi-row upsert (rows this transaction locked: updated in place,
+        cheaper than REPLACE's delete and insert) or INSERT (new rows), at most
+        500 rows and about 4 MiB of values per statement."""
         changed = now_us()
         start = 0
         while start < len(records):
@@ -612,9 +455,10 @@ class Partition:
                 end += 1
             chunk = records[start:end]
             cursor.write(self._sql(
-                ("REPLACE" if replace else "INSERT") + " INTO kv_rows (bucket, k, value, version,"
-                " created_us, modified_us, expires_us, deleted, changed_us) VALUES "
-                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))),
+                "INSERT INTO kv_rows (bucket, k, value, version, created_us, modified_us,"
+                " expires_us, deleted, changed_us) VALUES "
+                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                + (self.UPDATE_EXISTING if replace else "")),
                 [v for r in chunk for v in (r.bucket, r.key, r.value, r.version, r.created_us,
                                             r.modified_us, r.expires_us, int(r.deleted), changed)])
             start = end

@@ -9,6 +9,7 @@ dict as keyword arguments; exactly one of ``record``, ``listing``, ``error``,
 
 import base64
 import binascii
+import functools
 import json
 import re
 import time
@@ -37,12 +38,17 @@ def structured_limit(max_value_bytes: int) -> int:
     return 6 * max_value_bytes + 65536
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def timestamp(us):
     """RFC 3339 UTC with microseconds, e.g. 2026-11-22T10:00:00.123456Z; None stays None."""
     if us is None:
         return None
     seconds, micro = divmod(us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%06dZ" % micro
+    return "%s.%06dZ" % (_utc_second(seconds), micro)
 
 
 def text_of(value: bytes, for_xml: bool = False):

@@ -1,10 +1,12 @@
 """Benchmark: the service against its floor (MariaDB, sysbench) and its peer
 (etcd 3.4's v2 HTTP API), measured in one run on the same machine.
 
-Starts 3 MariaDB servers (durable: innodb_flush_log_at_trx_commit = 1), the
-service in its production configuration (gunicorn, README), loads 100,000
-keys of ../shared/data/npm-packages.tsv, then runs wrk (32 connections,
-REPS x SECONDS, medians) for each workload, sysbench on the same servers and
+Starts 3 MariaDB servers (durable: innodb_flush_log_at_trx_commit = 1; a
+buffer pool the data fits in), the service in its production configuration
+(granian, README), loads 100,000 keys of ../shared/data/npm-packages.tsv,
+then runs wrk (32 connections, REPS x SECONDS, medians) for each workload,
+watches each worker's memory through a long YCSB-B run, times a sync pass
+and the rebalance onto a 4th partition, runs sysbench on the same servers and
 wrk against etcd.  Prints one table (req/s, p50, p99, CPU seconds per second
 of each process group), writes it to bench/results/, and ends with one line
 for scripts: ``service/etcd GET=<ratio> PUT=<ratio>``.
@@ -39,9 +41,10 @@ from datastore import Datastore  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
+BUFFER_POOL_MIB = 512   # each partition's data fits, as on a production server
 SERVERS = {   # production WSGI servers measured; granian is the README's choice
     "granian": lambda port: ["granian", "--interface", "wsgi", "--workers", "2",
-                             "--blocking-threads", "8", "--host", "127.0.0.1", "--port", str(port),
+                             "--blocking-threads", "16", "--host", "127.0.0.1", "--port", str(port),
                              "--factory", "controller:create_application"],
     "gunicorn": lambda port: ["gunicorn", "--worker-class", "gthread", "--workers", "2",
                               "--threads", "8", "--bind", "127.0.0.1:%d" % port,
@@ -204,7 +207,7 @@ def sync_runs(config, servers):
         first["line"], first["copied"] / first["seconds"], first["scanned"] / first["seconds"]),
         flush=True)
     fourth = dbservers.MariaDB("bench-4")
-    fourth.durable = True
+    fourth.durable, fourth.buffer_pool_mib = True, BUFFER_POOL_MIB
     servers.append(fourth.start())
     fourth.apply_schema()
     config4 = dbservers.write_config(config + ".4", servers, replicas=2)
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
         print("starting 3 MariaDB servers (durable) ...", flush=True)
         for i in (1, 2, 3):
             server = dbservers.MariaDB("bench-%d" % i)
-            server.durable = True
+            server.durable, server.buffer_pool_mib = True, BUFFER_POOL_MIB
             servers.append(server.start())
             server.apply_schema()
         config = dbservers.write_config(os.path.join(WORK, "c.cfg"), servers, replicas=2)

@@ -44,6 +44,7 @@ class MariaDB:
     """
 
     durable = False      # True: flush the redo log at every commit (benchmarks)
+    buffer_pool_mib = 64
 
     def __init__(self, name: str):
         self.name = name
@@ -58,7 +59,8 @@ class MariaDB:
                 "--port=%d" % self.port, "--bind-address=127.0.0.1", "--socket=" + self.socket,
                 "--pid-file=" + os.path.join(self.dir, "mysqld.pid"),
                 "--log-error=" + os.path.join(self.dir, "error.log"),
-                "--skip-name-resolve", "--skip-log-bin", "--innodb-buffer-pool-size=64M",
+                "--skip-name-resolve", "--skip-log-bin",
+                "--innodb-buffer-pool-size=%dM" % self.buffer_pool_mib,
                 "--innodb-log-file-size=16M", "--max-allowed-packet=64M",
                 "--innodb-flush-log-at-trx-commit=%d" % (1 if self.durable else 2),
                 "--max-connections=500"]
