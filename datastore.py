@@ -253,13 +253,14 @@ class Datastore:
         return self._newest_many(bucket, [key], exclude).get(key)
 
     # -- writes ----------------------------------------------------------
-    def _write(self, bucket: bytes, key: bytes, make) -> Tuple[Record, Optional[Record], str]:
+    def _write(self, bucket: bytes, key: bytes, make,
+               overwrite=None) -> Tuple[Record, Optional[Record], str]:
         unavailable = []
         for partition in self.placement(bucket, key):
             try:
                 record, previous = partition.write(
                     bucket, key, make,
-                    lambda: self._newest_elsewhere(bucket, key, partition))
+                    lambda: self._newest_elsewhere(bucket, key, partition), overwrite)
             except PartitionUnavailable:
                 unavailable.append(partition.name)
                 continue
@@ -286,7 +287,8 @@ class Datastore:
         self._check_put(key, value, ttl_seconds)
         record, previous, name = self._write(
             bucket, key, lambda current, now: _put_record(bucket, key, value, ttl_seconds,
-                                                          condition, current, now))
+                                                          condition, current, now),
+            (value, ttl_seconds) if condition == Condition() else None)
         return record, previous is None or not previous.is_live(record.modified_us), name
 
     def _check_put(self, key: bytes, value: bytes, ttl_seconds: Optional[int]) -> None:

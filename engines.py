@@ -32,6 +32,7 @@ class MySQLPartition(Partition):
     """
 
     engine = "mysql"
+    FOLDS = True
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)

@@ -59,6 +59,7 @@ class _Transaction:
         self._begin: Optional[str] = begin
         self._writes: List[bytes] = []
         self._bytes = 0
+        self._over = False
         if literal is None:
             cursor.execute(begin)
             self._begin = None
@@ -91,6 +92,25 @@ class _Transaction:
         self._writes.append(statement)
         self._bytes += len(statement)
 
+    def final(self, statements: Sequence[Tuple[str, Sequence]]) -> List[tuple]:
+        """Send ``statements`` and COMMIT in one round trip (folding engines
+        only); the transaction is then over.
+
+        :returns: per statement, (rows or None, affected or returned row count).
+        """
+        head = [self._begin.encode("ascii")] if self._begin is not None else []
+        skip = len(head) + len(self._writes)
+        packet = head + self._writes + [sql.encode("ascii") % tuple(map(self._literal, params))
+                                        for sql, params in statements] + [b"COMMIT"]
+        cursor, results = self.cursor, []
+        cursor.execute(b"; ".join(packet))
+        while True:
+            results.append((cursor.fetchall() if cursor.description else None, cursor.rowcount))
+            if cursor.nextset() is None:
+                break
+        self._begin, self._writes, self._bytes, self._over = None, [], 0, True
+        return results[skip:skip + len(statements)]
+
     def _send(self, tail: List[bytes]) -> None:
         head = [self._begin.encode("ascii")] if self._begin is not None else []
         self.cursor.execute(b"; ".join(head + self._writes + tail))
@@ -99,6 +119,8 @@ class _Transaction:
         self._begin, self._writes, self._bytes = None, [], 0
 
     def commit(self, conn) -> None:
+        if self._over:
+            return
         if self._writes:
             self._send([b"COMMIT"])
         elif self._begin is None:
@@ -125,14 +147,15 @@ class Partition:
       fails fast meanwhile.  Nothing else leaks driver exceptions.
 
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
-    ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``_literal``
-    (to fold statements), ``_classify`` (driver error -> retry/busy/down)
+    ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``FOLDS`` and
+    ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/down)
     and ``_schema_statements``; SQL is written once with ``%s`` placeholders.
     """
 
     engine = ""
     BEGIN = "START TRANSACTION"
     FOR_UPDATE = " FOR UPDATE"
+    FOLDS = False        # the driver sends many statements in one round trip
     UPDATE_EXISTING = (" ON DUPLICATE KEY UPDATE value = VALUES(value), version = VALUES(version),"
                        " created_us = VALUES(created_us), modified_us = VALUES(modified_us),"
                        " expires_us = VALUES(expires_us), deleted = VALUES(deleted),"
@@ -271,7 +294,8 @@ class Partition:
 
     def write(self, bucket: bytes, key: bytes,
               make: Callable[[Optional[Record], int], Record],
-              elsewhere: Optional[Callable[[], Optional[Record]]] = None
+              elsewhere: Optional[Callable[[], Optional[Record]]] = None,
+              overwrite: Optional[Tuple[bytes, Optional[int]]] = None
               ) -> Tuple[Record, Optional[Record]]:
         """Atomically read-check-write one key.
 
@@ -285,13 +309,68 @@ class Partition:
         transaction per bucket, applied in arrival order: a later call on the
         same key sees the record of the earlier one as ``current``.
 
+        ``overwrite`` = (value, ttl_seconds) says that ``make`` is an
+        unconditional put of that value (API.md PUT without preconditions):
+        on an engine that folds statements, a batch of such calls on distinct
+        live rows is then written without running ``make``, in one round
+        trip (lock, update, read back, commit); rows that are missing or not
+        live go the ``make`` way.
+
         :returns: (record stored, current).
         :raises PartitionUnavailable: when the database does not answer.
         :raises Exception: whatever ``make`` raises.
         """
-        return self._writes.submit((bucket, key, make, elsewhere))
+        return self._writes.submit((bucket, key, make, elsewhere, overwrite))
 
     def _write_batch(self, items: List[tuple]) -> list:
+        if not (self.FOLDS and all(item[4] is not None for item in items)
+                and len({item[0] for item in items}) == 1
+                and len({item[1] for item in items}) == len(items)):
+            return self._make_batch(items)
+        try:
+            done = self._transact(lambda tx: self._overwrite_live(tx, items))
+        except DatastoreError as e:
+            return [e] * len(items)
+        rest = [i for i in range(len(items)) if i not in done]
+        for i, outcome in zip(rest, self._make_batch([items[i] for i in rest])):
+            done[i] = outcome
+        return [done[i] for i in range(len(items))]
+
+    def _overwrite_live(self, tx: _Transaction, items: List[tuple]) -> dict:
+        """The one-round-trip write of :meth:`write` (``overwrite`` given,
+        one bucket, distinct keys): lock the rows, update the live ones with
+        one statement, read them back, commit.  Returns index -> (record,
+        current) for the rows that were live, which got written.
+
+        The UPDATE does what ``make`` does to a live row: version + 1,
+        modified_us = max(now, modified_us + 1), created_us kept, the new
+        value and TTL (expires_us is assigned before modified_us, so it reads
+        the old one whatever the sql_mode).
+        """
+        bucket, now = items[0][0], now_us()
+        keys = [item[1] for item in items]
+        match = " WHERE bucket = %s AND k IN (" + ", ".join(["%s"] * len(keys)) + ")"
+        where = " FROM kv_rows" + match
+        values, expires = [], []
+        for _, key, _, _, (value, ttl) in items:
+            values += [key, value]
+            expires += [key, now, ttl * 1_000_000] if ttl else [key]
+        update = ("UPDATE kv_rows SET value = CASE k" + " WHEN %s THEN %s" * len(items)
+                  + " END, version = version + 1, expires_us = CASE k"
+                  + "".join(" WHEN %s THEN GREATEST(%s, modified_us + 1) + %s" if item[4][1]
+                            else " WHEN %s THEN NULL" for item in items)
+                  + " END, modified_us = GREATEST(%s, modified_us + 1), changed_us = %s"
+                  + match + " AND deleted = 0 AND (expires_us IS NULL OR expires_us > %s)")
+        results = tx.final([("SELECT " + _COLUMNS + where + self.FOR_UPDATE, [bucket] + keys),
+                            (update, values + expires + [now, now, bucket] + keys + [now]),
+                            ("SELECT " + _NO_VALUE + where, [bucket] + keys)])
+        before = {row[1]: _record(row) for row in results[0][0]}
+        after = {row[1]: _record(row) for row in results[2][0]}
+        return {i: (after[item[1]]._replace(value=item[4][0]), before[item[1]])
+                for i, item in enumerate(items)
+                if item[1] in before and before[item[1]].is_live(now)}
+
+    def _make_batch(self, items: List[tuple]) -> list:
         outcomes: list = [None] * len(items)
         by_bucket: dict = {}
         for i, item in enumerate(items):
@@ -300,7 +379,7 @@ class Partition:
             def apply(current, now, indexes=indexes):
                 final = {}
                 for i in indexes:
-                    _, key, make, _ = items[i]
+                    _, key, make, _, _ = items[i]
                     previous = current.get(key)
                     try:
                         record = make(previous, now)
@@ -314,7 +393,7 @@ class Partition:
             def others(dead, indexes=indexes):
                 found = {}
                 for i in indexes:
-                    _, key, _, elsewhere = items[i]
+                    _, key, _, elsewhere, _ = items[i]
                     if key in dead and key not in found and elsewhere is not None:
                         found[key] = elsewhere()
                 return {key: record for key, record in found.items() if record is not None}

@@ -184,6 +184,40 @@ class PartitionContract:
         self.assertTrue(all(previous.version == record.version - 1 for record, previous in results))
         self.assertEqual(self.partition.read(BUCKET, b"counter").value, b"30")
 
+    def test_an_overwrite_does_what_its_make_would(self):
+        """write(overwrite=...) may skip make on a live row (MySQL folds it into
+        one round trip); the result must be the one make gives (SQLite runs make)."""
+        def put(key, value, ttl=None):
+            def make(current, now):
+                return datastore._put_record(BUCKET, key, value, ttl, Condition(), current, now)
+            return self.partition.write(BUCKET, key, make, None, (value, ttl))
+        first, _ = put(b"o", b"1")
+        tombstone = _put(self.partition, b"dead", b"", deleted=True)
+        with mock.patch.object(self.partition, "_overwrite_live",
+                               wraps=self.partition._overwrite_live) as fast:
+            results = _race(12, lambda i: put(b"o%d" % i if i else b"o", b"v%d" % i,
+                                              60 if i % 2 else None))
+        self.assertEqual(fast.called, self.partition.FOLDS)
+        record, previous = results[0]
+        self.assertEqual(previous, first)
+        self.assertEqual((record.value, record.version, record.created_us, record.expires_us),
+                         (b"v0", 2, first.created_us, None))
+        self.assertGreater(record.modified_us, first.modified_us)
+        self.assertEqual(self.partition.read(BUCKET, b"o"), record)
+        for i in range(1, 12):                  # new keys: make's way
+            record, previous = results[i]
+            self.assertIsNone(previous)
+            self.assertEqual((record.version, record.value), (1, b"v%d" % i))
+            self.assertEqual(record.expires_us,
+                             record.modified_us + 60_000_000 if i % 2 else None)
+        with_ttl, _ = put(b"o1", b"again", 30)
+        self.assertEqual((with_ttl.version, with_ttl.expires_us),
+                         (2, with_ttl.modified_us + 30_000_000))
+        revived, previous = put(b"dead", b"back")
+        self.assertEqual(previous, tombstone)
+        self.assertEqual((revived.version, revived.created_us, revived.deleted),
+                         (tombstone.version + 1, revived.modified_us, False))
+
     def test_one_transaction_may_hold_more_than_one_packet_of_writes(self):
         value = b"v" * (1 << 20)
         keys = [b"big-%d" % i for i in range(12)]        # 12 MiB: three 4 MiB packets
