@@ -45,8 +45,8 @@ class Coalescer:
     :param int max_items: the most items in one batch (the rest wait for the
         next one).
 
-    One batch runs at a time: with more (measured with 2 and 4 for writes
-    under 32 concurrent PUTs) batches were smaller and throughput lower.
+    One batch runs at a time: with two or four (measured on reads and on
+    writes, 32 concurrent clients) batches were smaller and throughput lower.
     """
 
     def __init__(self, run: Callable[[List], Sequence], max_items: int):

@@ -437,7 +437,8 @@ class Unknown:
 
 
 # (?s:.*) so that a key holding a newline still reaches KeyResource and gets its 400.
-URLS = ("/keys", "KeyList", "/keys/((?s:.*))", "KeyResource", "/batch", "Batch",
+# web.py anchors each pattern and tries them in order: the busiest comes first.
+URLS = ("/keys/((?s:.*))", "KeyResource", "/keys", "KeyList", "/batch", "Batch",
         "/health", "Health", "/((?s:.*))", "Unknown")
 
 
