@@ -7,7 +7,8 @@ The only place where an exception becomes an HTTP status is
 the configured limit.
 
 Run: ``python controller.py [HOST:]PORT`` (web.py's own server, cheroot), or in
-production ``gunicorn 'controller:create_application()'``.
+production ``granian --interface wsgi --factory controller:create_application``
+(README, "Running in production").
 """
 
 import functools

@@ -27,8 +27,9 @@ class MySQLPartition(Partition):
     (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
     pinged at checkout after PING_AFTER_IDLE_SECONDS idle, so connections broken
     by a server restart are replaced.  Multi-statement packets are on, so a
-    transaction folds BEGIN and COMMIT into its other statements (every
-    parameter is still escaped by the driver).
+    transaction folds BEGIN and COMMIT into its other statements; every
+    parameter is still escaped by the driver (``string_literal``, which is
+    mysql_real_escape_string), and no statement text comes from clients.
     """
 
     engine = "mysql"
