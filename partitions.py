@@ -312,9 +312,9 @@ class Partition:
         ``overwrite`` = (value, ttl_seconds) says that ``make`` is an
         unconditional put of that value (API.md PUT without preconditions):
         on an engine that folds statements, a batch of such calls on distinct
-        live rows is then written without running ``make``, in one round
-        trip (lock, update, read back, commit); rows that are missing or not
-        live go the ``make`` way.
+        live rows, with at most FOLD_BYTES of values in all, is then written
+        without running ``make``, in one round trip (lock, update, read back,
+        commit); rows that are missing or not live go the ``make`` way.
 
         :returns: (record stored, current).
         :raises PartitionUnavailable: when the database does not answer.
@@ -325,7 +325,8 @@ class Partition:
     def _write_batch(self, items: List[tuple]) -> list:
         if not (self.FOLDS and all(item[4] is not None for item in items)
                 and len({item[0] for item in items}) == 1
-                and len({item[1] for item in items}) == len(items)):
+                and len({item[1] for item in items}) == len(items)
+                and sum(len(item[4][0]) for item in items) <= _Transaction.FOLD_BYTES):
             return self._make_batch(items)
         try:
             done = self._transact(lambda tx: self._overwrite_live(tx, items))
@@ -364,8 +365,8 @@ class Partition:
         results = tx.final([("SELECT " + _COLUMNS + where + self.FOR_UPDATE, [bucket] + keys),
                             (update, values + expires + [now, now, bucket] + keys + [now]),
                             ("SELECT " + _NO_VALUE + where, [bucket] + keys)])
-        before = {row[1]: _record(row) for row in results[0][0]}
-        after = {row[1]: _record(row) for row in results[2][0]}
+        before = {record.key: record for record in map(_record, results[0][0])}
+        after = {record.key: record for record in map(_record, results[2][0])}
         return {i: (after[item[1]]._replace(value=item[4][0]), before[item[1]])
                 for i, item in enumerate(items)
                 if item[1] in before and before[item[1]].is_live(now)}

@@ -42,6 +42,13 @@ def _put(partition, key, value, modified=None, deleted=False, expires=None):
     return partition.write(BUCKET, key, make)[0]
 
 
+def _overwrite(partition, key, value, ttl=None):
+    """An unconditional put through write(), with its overwrite hint."""
+    def make(current, now):
+        return datastore._put_record(BUCKET, key, value, ttl, Condition(), current, now)
+    return partition.write(BUCKET, key, make, None, (value, ttl))
+
+
 def _race(count, work):
     """Run work(i) in ``count`` threads released together; returns results/exceptions."""
     barrier = threading.Barrier(count)
@@ -188,9 +195,7 @@ class PartitionContract:
         """write(overwrite=...) may skip make on a live row (MySQL folds it into
         one round trip); the result must be the one make gives (SQLite runs make)."""
         def put(key, value, ttl=None):
-            def make(current, now):
-                return datastore._put_record(BUCKET, key, value, ttl, Condition(), current, now)
-            return self.partition.write(BUCKET, key, make, None, (value, ttl))
+            return _overwrite(self.partition, key, value, ttl)
         first, _ = put(b"o", b"1")
         tombstone = _put(self.partition, b"dead", b"", deleted=True)
         with mock.patch.object(self.partition, "_overwrite_live",
@@ -217,6 +222,20 @@ class PartitionContract:
         self.assertEqual(previous, tombstone)
         self.assertEqual((revived.version, revived.created_us, revived.deleted),
                          (tombstone.version + 1, revived.modified_us, False))
+
+    def test_overwrites_of_large_values_are_not_folded_past_the_packet_limit(self):
+        value = b"x" * (1 << 20)
+        keys = [b"large-%d" % i for i in range(6)]
+        for key in keys:
+            _put(self.partition, key, b"old")
+        with mock.patch.object(self.partition, "_overwrite_live",
+                               wraps=self.partition._overwrite_live) as fast:
+            results = _race(6, lambda i: _overwrite(self.partition, keys[i], value + keys[i]))
+        for key, (record, previous) in zip(keys, results):
+            self.assertEqual((record.version, previous.value), (2, b"old"))
+            self.assertEqual(self.partition.read(BUCKET, key).value, value + key)
+        for call in fast.call_args_list:
+            self.assertLessEqual(sum(len(item[4][0]) for item in call.args[1]), 4 << 20)
 
     def test_one_transaction_may_hold_more_than_one_packet_of_writes(self):
         value = b"v" * (1 << 20)
