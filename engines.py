@@ -117,12 +117,19 @@ class MySQLPartition(Partition):
         else:
             conn.close()
 
+    # Server errors that mean the connection or the server is gone; every
+    # client-library error (2000-2999: cannot connect, server gone, lost
+    # connection, timeouts) means that too.
+    _GONE = frozenset((1045, 1049, 1053, 1152, 1184, 1927, 4031))
+
     def _classify(self, exc):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if code in (1062, 1213):           # duplicate key, deadlock
             return "retry"
-        if code in (1205, 1040):           # lock wait timeout, too many connections
+        if code in (1205, 1040, 1969):     # lock wait, too many connections, statement timeout
             return "busy"
+        if 1000 <= code < 2000 and code not in self._GONE:
+            return "failed"                # the statement failed; the server is fine
         return "down"
 
     def close(self):

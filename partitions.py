@@ -37,6 +37,9 @@ def _record(row) -> Record:
                   bool(row[7]))
 
 
+_REASONS = {"down": "timeout or connection lost", "busy": "busy", "failed": "statement failed"}
+
+
 class _Retry(Exception):
     """A transaction lost a race (duplicate insert, deadlock) and may be retried."""
 
@@ -148,7 +151,7 @@ class Partition:
 
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
     ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``FOLDS`` and
-    ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/down)
+    ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/failed/down)
     and ``_schema_statements``; SQL is written once with ``%s`` placeholders.
     """
 
@@ -185,7 +188,9 @@ class Partition:
         raise NotImplementedError
 
     def _classify(self, exc: BaseException) -> str:
-        """'retry', 'busy' (unavailable, not down) or 'down'."""
+        """'retry' (a lost race), 'busy' (unavailable, not down), 'failed'
+        (the statement failed on a healthy server: not down either) or 'down'
+        (unreachable: fail fast for retry_interval_seconds)."""
         raise NotImplementedError
 
     def _sql(self, statement: str) -> str:
@@ -241,8 +246,7 @@ class Partition:
             if kind == "retry":
                 raise _Retry() from e
             broken = True
-            raise self._unavailable(e, "timeout or connection lost" if kind == "down" else "busy",
-                                    kind == "down") from e
+            raise self._unavailable(e, _REASONS[kind], kind == "down") from e
         finally:
             self._release(conn, broken)
 

@@ -4,12 +4,14 @@ import os
 import shutil
 import tempfile
 import unittest
+from unittest import mock
 
 import dbservers
 from configuration import PartitionSettings, Settings, SyncSettings
 from datastore import Datastore
 from partition_contract import PartitionContract, StoreContract
 from engines import MySQLPartition, SQLitePartition
+from records import PartitionUnavailable
 
 
 def _settings(partitions, replicas=2):
@@ -34,6 +36,18 @@ def _empty_mysql(server, name):
 class MariaDBPartitionTest(PartitionContract, unittest.TestCase):
     def make_partition(self):
         return _empty_mysql(dbservers.shared(1)[0], "partition-1")
+
+    def test_a_failed_statement_does_not_mark_the_partition_down(self):
+        import MySQLdb
+        for code, down in ((1064, False), (1153, False), (2013, True), (1927, True)):
+            self.partition._down_until = 0
+            error = MySQLdb.OperationalError(code, "injected")
+            with mock.patch.object(self.partition, "_select_many", side_effect=error):
+                with self.assertRaises(PartitionUnavailable, msg=code):
+                    self.partition.read_many([(b"default", b"k")])
+            self.assertEqual(self.partition._down_until > 0, down, code)
+        self.partition._down_until = 0
+        self.assertEqual(self.partition.read_many([(b"default", b"k")]), {})
 
 
 class SQLiteStoreTest(StoreContract, unittest.TestCase):
