@@ -26,7 +26,8 @@ from records import (Condition, DatastoreError, InvalidKey, InvalidRequest, KeyE
                      ValueTooLarge, now_us, winner_key)
 
 __all__ = [
-    "Datastore", "Listing", "placement", "check_key", "encode_cursor", "decode_cursor",
+    "Datastore", "Listing", "open_store", "placement", "check_key", "encode_cursor",
+    "decode_cursor",
     "Condition", "Record", "DatastoreError", "InvalidKey", "InvalidRequest",
     "KeyExists", "KeyNotFound", "PartitionUnavailable", "PreconditionFailed",
     "ValueTooLarge", "ConfigurationError", "load_config", "now_us", "winner_key",
@@ -563,6 +564,17 @@ def _next_version(current: Optional[Record], now: int) -> Tuple[int, int]:
     return current.version + 1, max(now, current.modified_us + 1)
 
 
+def open_store(config_path: Optional[str]) -> Optional[Datastore]:
+    """The Datastore of a command's ``--config`` (None: $KV_CONFIG or
+    configuration.cfg), or None after printing the configuration error to
+    stderr; the command then exits with status 2."""
+    try:
+        return Datastore.from_config(config_path)
+    except ConfigurationError as e:
+        print("configuration error: %s" % e, file=sys.stderr)
+        return None
+
+
 def main(argv=None) -> int:
     """``python datastore.py schema``: apply the schema to every partition."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -572,10 +584,8 @@ def main(argv=None) -> int:
                                          "configuration.cfg beside this file)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        store = Datastore.from_config(args.config)
-    except ConfigurationError as e:
-        print("configuration error: %s" % e, file=sys.stderr)
+    store = open_store(args.config)
+    if store is None:
         return 2
     failed = 0
     for name in store.names:

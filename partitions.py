@@ -89,7 +89,7 @@ class _Transaction:
         if self._literal is None:
             self.cursor.execute(sql, params)
             return
-        statement = sql.encode("ascii") % tuple(map(self._literal, params))
+        statement = self._quoted(sql, params)
         if self._writes and self._bytes + len(statement) > self.FOLD_BYTES:
             self._send([])
         self._writes.append(statement)
@@ -101,25 +101,27 @@ class _Transaction:
 
         :returns: per statement, (rows or None, affected or returned row count).
         """
+        results = self._send([self._quoted(sql, params) for sql, params in statements]
+                             + [b"COMMIT"])
+        self._over = True
+        return results[:len(statements)]
+
+    def _quoted(self, sql: str, params: Sequence) -> bytes:
+        return sql.encode("ascii") % tuple(map(self._literal, params))
+
+    def _send(self, tail: List[bytes]) -> List[tuple]:
+        """Send the pending BEGIN and writes, then ``tail``, in one packet;
+        returns (rows or None, row count) of each statement of ``tail``."""
         head = [self._begin.encode("ascii")] if self._begin is not None else []
         skip = len(head) + len(self._writes)
-        packet = head + self._writes + [sql.encode("ascii") % tuple(map(self._literal, params))
-                                        for sql, params in statements] + [b"COMMIT"]
         cursor, results = self.cursor, []
-        cursor.execute(b"; ".join(packet))
+        cursor.execute(b"; ".join(head + self._writes + tail))
         while True:
             results.append((cursor.fetchall() if cursor.description else None, cursor.rowcount))
             if cursor.nextset() is None:
                 break
-        self._begin, self._writes, self._bytes, self._over = None, [], 0, True
-        return results[skip:skip + len(statements)]
-
-    def _send(self, tail: List[bytes]) -> None:
-        head = [self._begin.encode("ascii")] if self._begin is not None else []
-        self.cursor.execute(b"; ".join(head + self._writes + tail))
-        while self.cursor.nextset() is not None:
-            pass
         self._begin, self._writes, self._bytes = None, [], 0
+        return results[skip:]
 
     def commit(self, conn) -> None:
         if self._over:

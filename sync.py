@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Set
 
-from datastore import (ConfigurationError, Datastore, PartitionUnavailable, Record, now_us,
+from datastore import (Datastore, PartitionUnavailable, Record, now_us, open_store,
                        placement, winner_key)
 
 log = logging.getLogger("kv.sync")
@@ -535,10 +535,8 @@ def main(argv=None) -> int:
                                          "configuration.cfg)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        store = Datastore.from_config(args.config)
-    except ConfigurationError as e:
-        print("configuration error: %s" % e, file=sys.stderr)
+    store = open_store(args.config)
+    if store is None:
         return 2
     if args.partition and args.partition not in store.partitions:
         print("unknown partition %r (known: %s)" % (args.partition, ", ".join(store.names)),
