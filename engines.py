@@ -176,8 +176,7 @@ class SQLitePartition(Partition):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             if not self._schema_ready:
-                for statement in self._schema_statements():
-                    conn.execute(statement)
+                self._run_schema(conn)
                 self._schema_ready = True
             local.conn, local.pid = conn, os.getpid()
         return local.conn
@@ -194,10 +193,24 @@ class SQLitePartition(Partition):
             return "busy"
         return "down"
 
+    _SPELLINGS = ((r"VARBINARY\(\d+\)|MEDIUMBLOB", "BLOB"), (r"\)\s*ENGINE=InnoDB", ") WITHOUT ROWID"),
+                  (r"ADD COLUMN IF NOT EXISTS", "ADD COLUMN"),
+                  (r"(DROP INDEX IF EXISTS \w+) ON \w+", r"\1"))
+
     def _schema_statements(self):
-        return [re.sub(r"\)\s*ENGINE=InnoDB", ") WITHOUT ROWID",
-                       re.sub(r"VARBINARY\(\d+\)|MEDIUMBLOB", "BLOB", s))
-                for s in super()._schema_statements()]
+        statements = super()._schema_statements()
+        for pattern, spelling in self._SPELLINGS:
+            statements = [re.sub(pattern, spelling, s) for s in statements]
+        return statements
+
+    def _run_schema(self, cursor) -> None:
+        # SQLite has no ADD COLUMN IF NOT EXISTS: a column that exists is skipped by its error.
+        for statement in self._schema_statements():
+            try:
+                cursor.execute(statement)
+            except self._sqlite3.OperationalError as e:
+                if not str(e).startswith("duplicate column name"):
+                    raise
 
     def close(self):
         conn = getattr(self._local, "conn", None)

@@ -154,7 +154,7 @@ class Partition:
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
     ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``FOLDS`` and
     ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/failed/down)
-    and ``_schema_statements``; SQL is written once with ``%s`` placeholders.
+    ``_schema_statements`` and ``_run_schema``; SQL is written once with ``%s`` placeholders.
     """
 
     engine = ""
@@ -430,7 +430,7 @@ class Partition:
         raise AssertionError("unreachable")
 
     # -- for sync.py ----------------------------------------------------------
-    _ORDERED_BY = ("changed_us", "modified_us", "expires_us")
+    _ORDERED_BY = ("changed_us", "tombstone_us", "expires_us")
 
     def rows_by(self, column: str, after: Tuple[int, bytes, bytes], limit: int,
                 where: str = "", params: Sequence = ()) -> List[Tuple[int, Record]]:
@@ -441,7 +441,7 @@ class Partition:
         the cost is the number of rows returned, whatever the table size.
         ``where`` is an optional constant SQL condition with ``params``.
 
-        :param str column: one of changed_us, modified_us, expires_us.
+        :param str column: one of changed_us, tombstone_us, expires_us.
         :param after: (column value, bucket, key) of the last row seen.
         :returns: list of (column value, Record), at most ``limit``.
         :raises PartitionUnavailable: when the database does not answer.
@@ -631,5 +631,8 @@ class Partition:
         :raises PartitionUnavailable: when the database does not answer.
         """
         with self._cursor() as cursor:
-            for statement in self._schema_statements():
-                cursor.execute(statement)
+            self._run_schema(cursor)
+
+    def _run_schema(self, cursor) -> None:
+        for statement in self._schema_statements():
+            cursor.execute(statement)

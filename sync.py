@@ -364,7 +364,7 @@ def purge(sync: Sync) -> None:
     cutoff = now - sync.store.settings.sync.tombstone_days * 86400 * 1_000_000
     for name in sync.sources:
         source = sync.partition(name)
-        for column, where, param in (("modified_us", "deleted = 1 AND modified_us < %s", cutoff),
+        for column, where, param in (("tombstone_us", "tombstone_us < %s", cutoff),
                                      ("expires_us", "expires_us <= %s", now)):
             after = (-1, b"", b"")
             while True:

@@ -90,7 +90,10 @@ def wrk(url, mode, paths, seconds, bodies=None):
     env = dict(os.environ, BENCH_MODE=mode, BENCH_PATHS=paths)
     if bodies:
         env["BENCH_BODIES"] = bodies
+    # --timeout: a POST /batch of 1000 keys may take over wrk's default 2 s,
+    # and wrk would drop it (a timeout counts as an error below).
     out = subprocess.run(["wrk", "-t1", "-c%d" % CONNECTIONS, "-d%ds" % seconds, "--latency",
+                          "--timeout", "10s",
                           "-s", os.path.join(WORK, "bench.lua"), url], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode()
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -99,8 +102,10 @@ def wrk(url, mode, paths, seconds, bodies=None):
         m = re.search(r"\s%s\s+([\d.]+)(us|ms|s)" % label, out)
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rate, ms("50%"), ms("99%"), int(errors.group(1)) if errors else 0
+    # Non-2xx answers, and the socket errors (connect, read, write, timeout).
+    errors = re.findall(r"Non-2xx or 3xx responses: (\d+)|"
+                        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return rate, ms("50%"), ms("99%"), sum(int(n or 0) for match in errors for n in match)
 
 
 def cpu_seconds(pids):

@@ -261,6 +261,23 @@ class PartitionContract:
         self.partition.apply_schema()
         self.assertEqual(self.partition.read(BUCKET, b"kept").value, b"v")
 
+    def test_schema_upgrades_a_table_without_tombstone_us(self):
+        tombstone = _put(self.partition, b"gone", b"", deleted=True)
+        _put(self.partition, b"live", b"v")
+        mysql = self.partition.engine == "mysql"
+        with self.partition._cursor() as cursor:     # back to the schema before tombstone_us
+            cursor.execute("DROP INDEX kv_rows_tombstone_us" + (" ON kv_rows" if mysql else ""))
+            cursor.execute("ALTER TABLE kv_rows DROP COLUMN tombstone_us")
+            cursor.execute("CREATE INDEX kv_rows_tombstones ON kv_rows (deleted, modified_us)")
+        self.partition.apply_schema()
+        rows = self.partition.rows_by("tombstone_us", (-1, b"", b""), 10)
+        self.assertEqual([(at, r.key) for at, r in rows], [(tombstone.modified_us, b"gone")])
+        with self.partition._cursor() as cursor:
+            cursor.execute("SHOW INDEX FROM kv_rows" if mysql else "PRAGMA index_list(kv_rows)")
+            names = {row[2] if mysql else row[1] for row in cursor.fetchall()}
+        self.assertIn("kv_rows_tombstone_us", names)
+        self.assertNotIn("kv_rows_tombstones", names)
+
     def test_driver_failure_is_unavailable_on_every_public_method(self):
         error = self.partition.driver_errors[0]("injected failure")
         calls = {
