@@ -24,7 +24,7 @@ DEFAULTS = {
         "replicas": 1,
     },
     "partition": {
-        "pool_size": 8,                    # connections per process (MySQL)
+        "pool_size": 16,                   # connections per process (MySQL): one per thread
         "connect_timeout_seconds": 1,
         "read_timeout_seconds": 1,
         "write_timeout_seconds": 1,
@@ -74,7 +74,7 @@ class PartitionSettings:
     user: str = "kv"
     password: str = dataclasses.field(default="", repr=False)
     database: str = "kv"
-    pool_size: int = 8
+    pool_size: int = 16
     connect_timeout_seconds: int = 1
     read_timeout_seconds: int = 1
     write_timeout_seconds: int = 1

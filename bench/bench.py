@@ -4,8 +4,8 @@
 Starts 3 MariaDB servers (durable: innodb_flush_log_at_trx_commit = 1; a
 buffer pool the data fits in), the service in its production configuration
 (granian, README), loads 100,000 keys of ../shared/data/npm-packages.tsv,
-then runs wrk (32 connections, REPS x SECONDS, medians) for each workload,
-watches each worker's memory through a long YCSB-B run, times a sync pass
+then runs wrk (32 connections, REPS x SECONDS, medians) for each workload
+and for web.py's floor (bench/floor_app.py: one route, no database), watches each worker's memory through a long YCSB-B run, times a sync pass
 and the rebalance onto a 4th partition, runs sysbench on the same servers and
 wrk against etcd.  Prints one table (req/s, p50, p99, CPU seconds per second
 of each process group), writes it to bench/results/, and ends with one line
@@ -326,6 +326,16 @@ def main(argv=None) -> int:
         service.terminate()
         service.wait()
         service = None
+        print("web.py floor (bench/floor_app.py: one route, no database, same server):")
+        floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
+        service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(url + "/keys/x")
+        table.append(measure("web.py floor (no database)", url, "get", paths,
+                             {"service": lambda: children(service.pid)}, s, r))
+        service.terminate()
+        service.wait()
+        service = None
         if args.only_service:
             return _report(results, None)
         results["sync"] = sync_runs(config, servers)
@@ -411,6 +421,9 @@ def _report(results, started_all) -> int:
     print("service/MariaDB GET=%.2f PUT=%.2f" % (
         by["service GET uniform"]["rate"] / by["sysbench oltp_point_select (8 threads)"]["rate"],
         by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
+    if "web.py floor (no database)" in by:
+        print("service/web.py floor GET=%.2f" % (
+            by["service GET uniform"]["rate"] / by["web.py floor (no database)"]["rate"]))
     print("service/etcd GET=%.2f PUT=%.2f" % (get_ratio, put_ratio))
     return 0
 
