@@ -153,7 +153,7 @@ class Partition:
 
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
     ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``FOLDS`` and
-    ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/failed/down)
+    ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/failed/down),
     ``_schema_statements`` and ``_run_schema``; SQL is written once with ``%s`` placeholders.
     """
 
