@@ -343,9 +343,8 @@ class Store:
 
     def items(self, prefix: Optional[str] = None) -> Iterator[Tuple[str, bytes]]:
         """(key, value) of every live key starting with ``prefix``, lazily."""
-        for page in self.pages(prefix, values=True):
-            for item in page["items"]:
-                yield item["key"], decode_value(item)
+        for item in self.records(prefix):
+            yield item["key"], decode_value(item)
 
     def records(self, prefix: Optional[str] = None) -> Iterator[dict]:
         """The raw JSON items of a values=true listing (key, value, encoding, ...)."""

@@ -23,10 +23,10 @@ import mimerender
 import web
 
 import representations as rep
-from datastore import (DEFAULT_BUCKET, Condition, ConfigurationError,
-                       Datastore, DatastoreError, InvalidKey, InvalidRequest, KeyExists,
-                       KeyNotFound, PartitionUnavailable, PreconditionFailed, ValueTooLarge,
-                       load_config)
+from datastore import (DEFAULT_BUCKET, Condition, Datastore, DatastoreError, InvalidKey,
+                       InvalidRequest, KeyExists, KeyNotFound, PartitionUnavailable,
+                       PreconditionFailed, ValueTooLarge, open_store)
+from records import weak_match
 
 web.config.debug = False          # web.py turns it on under gunicorn otherwise (STYLE.md 1f)
 log = logging.getLogger("kv.controller")
@@ -313,7 +313,7 @@ def _not_modified(record) -> bool:
     if_none_match = env.get("HTTP_IF_NONE_MATCH")
     if if_none_match is not None:
         tags = rep.etag_list(if_none_match)
-        return tags == "*" or record.etag in {t[2:] if t.startswith("W/") else t for t in tags}
+        return tags == "*" or weak_match(record.etag, tags)
     since = env.get("HTTP_IF_MODIFIED_SINCE")
     if since:
         try:
@@ -498,16 +498,15 @@ def create_application(config_path=None, store=None):
 
     :param str config_path: configuration file (default ``$KV_CONFIG`` or
         configuration.cfg).
-    :param Datastore store: use this datastore instead (tests).
+    :param Datastore store: serve this datastore instead of loading one.
     :returns: a WSGI callable.
     :raises ConfigurationError: for a bad configuration.
     """
     if store is None:
-        store = Datastore(load_config(config_path))
-        for name in store.names:
-            log.info("%s: %s", name, store.partitions[name].describe())
-        log.info("replicas = %d, max_value_bytes = %d", store.replicas,
-                 store.settings.max_value_bytes)
+        store = Datastore.from_config(config_path)
+    for name in store.names:
+        log.info("%s: %s", name, store.partitions[name].describe())
+    log.info("replicas = %d, max_value_bytes = %d", store.replicas, store.settings.max_value_bytes)
     app = web.application(URLS, {"KeyList": KeyList, "KeyResource": KeyResource, "Batch": Batch,
                                  "Health": Health, "Unknown": Unknown}, autoreload=False)
     app.add_processor(_processor(store))
@@ -525,12 +524,11 @@ def main(argv=None) -> int:
     if not port.isdigit():
         print("usage: python controller.py [HOST:]PORT", file=sys.stderr)
         return 2
-    try:
-        wsgi = create_application()
-    except ConfigurationError as e:
-        print("configuration error: %s" % e, file=sys.stderr)
+    store = open_store(None)
+    if store is None:
         return 2
-    server = web.httpserver.WSGIServer((host or "0.0.0.0", int(port)), wsgi)
+    server = web.httpserver.WSGIServer((host or "0.0.0.0", int(port)),
+                                       create_application(store=store))
     log.info("serving on http://%s:%s/", host or "0.0.0.0", port)
     try:
         server.start()

@@ -2,7 +2,8 @@
 mysqlclient (pooled with SQLAlchemy's QueuePool) and embedded SQLite.
 
 Each overrides only what differs from the :class:`partitions.Partition`
-contract: connecting, starting a transaction, the placeholder style and the
+contract: connecting, starting a transaction, the placeholder style, quoting
+for folded statements (MySQL), the schema's spellings (SQLite) and the
 classification of driver errors.  :data:`ENGINES` maps ``engine =`` in
 configuration.cfg to a class.
 """

@@ -158,6 +158,14 @@ def read_jsonl(stream):
             raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
 
 
+def _jsonl_rows(path):
+    """The rows of :func:`read_jsonl` from a file, or stdin for ``-``."""
+    if path == "-":
+        return list(read_jsonl(sys.stdin))
+    with open(path, encoding="utf-8") as f:
+        return list(read_jsonl(f))
+
+
 class _Loader:
     """Sends rows in batches of 1000 over N connections, resumably."""
 
@@ -237,8 +245,7 @@ def cmd_load(store, args, rows=None) -> int:
         if fmt == "tsv":
             rows = [(k, v, None) for k, v in read_tsv(args.file)]
         else:
-            with open(args.file, encoding="utf-8") as f:
-                rows = list(read_jsonl(f))
+            rows = _jsonl_rows(args.file)
     chunks = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
     loader = _Loader(args)
     state_path, skip = None, 0
@@ -316,12 +323,7 @@ def cmd_dump(store, args) -> int:
 
 
 def cmd_restore(store, args) -> int:
-    if args.file == "-":
-        rows = list(read_jsonl(sys.stdin))
-    else:
-        with open(args.file, encoding="utf-8") as f:
-            rows = list(read_jsonl(f))
-    return cmd_load(store, args, rows)
+    return cmd_load(store, args, _jsonl_rows(args.file))
 
 
 # -- argument parsing ----------------------------------------------------------------------

@@ -437,7 +437,7 @@ class Partition:
         """Rows ordered by (column, bucket, key), after ``after``, with values.
 
         Keyset pagination over the index of ``column`` (changed_us for the
-        watermark scan, modified_us for tombstones, expires_us for expiry), so
+        watermark scan, tombstone_us for tombstones, expires_us for expiry), so
         the cost is the number of rows returned, whatever the table size.
         ``where`` is an optional constant SQL condition with ``params``.
 
@@ -512,8 +512,8 @@ class Partition:
         :raises PartitionUnavailable: when the database does not answer.
         """
         def body(cursor):
-            stored = {k: r for (_, k), r in
-                      self._select_many(cursor, [(bucket, k) for k in keys], True).items()}
+            locked = self._select_many(cursor, [(bucket, k) for k in keys], True)
+            stored = {k: r for (_, k), r in locked.items()}
             now = now_us()
             current = dict(stored)
             dead = [k for k in keys if k not in stored or not stored[k].is_live(now)]
@@ -522,32 +522,36 @@ class Partition:
                     if current.get(key) is None or winner_key(other) > winner_key(current[key]):
                         current[key] = other
             final = apply(current, now)
-            self._store_many(cursor, [r for k, r in final.items() if k in stored], True)
-            self._store_many(cursor, [r for k, r in final.items() if k not in stored], False)
+            self._store_many(cursor, list(final.values()), locked)
             return final
         return self._transact(body)
 
-    def _store_many(self, cursor, records: Sequence[Record], replace: bool,
+    def _store_many(self, cursor, records: Sequence[Record], locked,
                     max_statement_bytes: int = 4 << 20) -> None:
-        """Multi-row upsert (rows this transaction locked: updated in place,
-        cheaper than REPLACE's delete and insert) or INSERT (new rows), at most
-        500 rows and about 4 MiB of values per statement."""
+        """Store ``records``: a multi-row upsert for those whose (bucket, key)
+        is in ``locked`` (rows this transaction holds: updated in place,
+        cheaper than REPLACE's delete and insert), a multi-row INSERT for the
+        new ones; at most 500 rows and about 4 MiB of values per statement."""
         changed = now_us()
-        start = 0
-        while start < len(records):
-            end, size = start, 0
-            while end < len(records) and end - start < 500 and (end == start or size < max_statement_bytes):
-                size += len(records[end].value)
-                end += 1
-            chunk = records[start:end]
-            cursor.write(self._sql(
-                "INSERT INTO kv_rows (bucket, k, value, version, created_us, modified_us,"
-                " expires_us, deleted, changed_us) VALUES "
-                + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
-                + (self.UPDATE_EXISTING if replace else "")),
-                [v for r in chunk for v in (r.bucket, r.key, r.value, r.version, r.created_us,
-                                            r.modified_us, r.expires_us, int(r.deleted), changed)])
-            start = end
+        for replace in (True, False):
+            rows = [r for r in records if ((r.bucket, r.key) in locked) == replace]
+            start = 0
+            while start < len(rows):
+                end, size = start, 0
+                while (end < len(rows) and end - start < 500
+                       and (end == start or size < max_statement_bytes)):
+                    size += len(rows[end].value)
+                    end += 1
+                chunk = rows[start:end]
+                cursor.write(self._sql(
+                    "INSERT INTO kv_rows (bucket, k, value, version, created_us, modified_us,"
+                    " expires_us, deleted, changed_us) VALUES "
+                    + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                    + (self.UPDATE_EXISTING if replace else "")),
+                    [v for r in chunk for v in (r.bucket, r.key, r.value, r.version,
+                                                r.created_us, r.modified_us, r.expires_us,
+                                                int(r.deleted), changed)])
+                start = end
 
     def store_if_newer(self, records: Sequence[Record]) -> List[Record]:
         """Store each record unless this partition's copy wins by :func:`winner_key`.
@@ -563,8 +567,7 @@ class Partition:
             stored = self._select_many(cursor, [(r.bucket, r.key) for r in records], True)
             newer = [r for r in records if (r.bucket, r.key) not in stored
                      or winner_key(r) > winner_key(stored[(r.bucket, r.key)])]
-            self._store_many(cursor, [r for r in newer if (r.bucket, r.key) in stored], True)
-            self._store_many(cursor, [r for r in newer if (r.bucket, r.key) not in stored], False)
+            self._store_many(cursor, newer, stored)
             return newer
         return self._transact(body)
 

@@ -139,8 +139,12 @@ def winner_key(record: Record) -> tuple:
     return record.modified_us, record.version, record.deleted, record.value
 
 
-def _opaque(tag: str) -> str:
-    return tag[2:] if tag.startswith("W/") else tag
+def weak_match(etag: str, tags: Sequence[str]) -> bool:
+    """True when ``etag`` matches one of ``tags`` by weak comparison: the
+    opaque tags are equal, W/ prefixes ignored (RFC 9110 section 8.8.3.2)."""
+    def opaque(tag):
+        return tag[2:] if tag.startswith("W/") else tag
+    return opaque(etag) in {opaque(t) for t in tags}
 
 
 class Condition(NamedTuple):
@@ -171,7 +175,7 @@ class Condition(NamedTuple):
         if self.if_none_match is not None and live is not None:
             if self.if_none_match == "*":
                 raise PreconditionFailed("If-None-Match: the key exists")
-            if _opaque(live.etag) in {_opaque(t) for t in self.if_none_match}:
+            if weak_match(live.etag, self.if_none_match):
                 raise PreconditionFailed("If-None-Match: the current ETag matches")
         if self.create_only and live is not None:
             raise KeyExists(live.key)

@@ -228,11 +228,16 @@ def sync_runs(config, servers):
     return report
 
 
+def sysbench_options(server):
+    """The options of every sysbench command on ``server`` (database sbtest, one table)."""
+    return ["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port=%d" % server.port,
+            "--mysql-user=kv", "--mysql-password=" + dbservers.PASSWORD, "--mysql-db=sbtest",
+            "--tables=1", "--table-size=100000"]
+
+
 def sysbench(server, test, threads, seconds, reps):
     """Median tps of a sysbench oltp test on ``server``."""
-    common = ["--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port=%d" % server.port,
-              "--mysql-user=kv", "--mysql-password=" + dbservers.PASSWORD, "--mysql-db=sbtest",
-              "--tables=1", "--table-size=100000"]
+    common = sysbench_options(server)
     rates, p99s = [], []
     for _ in range(reps):
         out = subprocess.run(["sysbench", test] + common + ["--threads=%d" % threads,
@@ -344,11 +349,8 @@ def main(argv=None) -> int:
         print("MariaDB floor (sysbench on partition-1's server):", flush=True)
         servers[0].execute("CREATE DATABASE IF NOT EXISTS sbtest")
         servers[0].execute("GRANT ALL ON sbtest.* TO 'kv'@'%%'")
-        prepare = ["sysbench", "oltp_point_select", "--db-driver=mysql", "--mysql-host=127.0.0.1",
-                   "--mysql-port=%d" % servers[0].port, "--mysql-user=kv",
-                   "--mysql-password=" + dbservers.PASSWORD, "--mysql-db=sbtest", "--tables=1",
-                   "--table-size=100000", "prepare"]
-        subprocess.run(prepare, stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(["sysbench", "oltp_point_select"] + sysbench_options(servers[0])
+                       + ["prepare"], stdout=subprocess.DEVNULL, check=True)
         for test, threads in (("oltp_point_select", 8), ("oltp_update_index", 32)):
             rate, p99 = sysbench(servers[0], test, threads, s, r)
             table.append({"workload": "sysbench %s (%d threads)" % (test, threads), "rate": rate,
