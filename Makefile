@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 URL    ?= http://127.0.0.1:8080
 DATA   ?= ../shared/data/npm-packages.tsv
 
-.PHONY: install run test load schema mariadb bench clean
+.PHONY: install run test faults load schema mariadb faketime bench clean
 
 install: $(STAMP)
 
@@ -31,11 +31,24 @@ mariadb:
 	@command -v mariadbd >/dev/null 2>&1 || test -x /usr/sbin/mariadbd || \
 	  { $(APT) update -q && $(APT) install -y -q mariadb-server; }
 
+# test_skew.py runs a web node and a sync pass with a fast clock (libfaketime).
+faketime:
+	@command -v faketime >/dev/null 2>&1 || \
+	  { $(APT) update -q && $(APT) install -y -q faketime; }
+
 run: $(STAMP)
 	$(PY) controller.py $(LISTEN)
 
-test: $(STAMP) mariadb
+test: $(STAMP) mariadb faketime
 	$(PY) -m nose2 -v -s test
+
+# The long fault run (not in make test, whose test_faults.py is the short form):
+# about 20 kill -9 of partitions and web workers under load, then sync and the
+# history check; prints the figures. FAULTS_SECONDS and FAULTS_KILLS override.
+FAULTS_SECONDS ?= 300
+FAULTS_KILLS   ?= 20
+faults: $(STAMP) mariadb
+	FAULTS_SECONDS=$(FAULTS_SECONDS) FAULTS_KILLS=$(FAULTS_KILLS) $(PY) -m nose2 -v -s test test_faults
 
 # Create the schema on every partition of the configuration (idempotent).
 schema: $(STAMP)
