@@ -7,7 +7,8 @@
 -- becomes WITHOUT ROWID, ADD COLUMN and DROP INDEX lose IF NOT EXISTS and ON),
 -- so the two engines cannot drift apart.
 -- All times are microseconds since the Unix epoch (UTC), written by the web
--- node that handled the write (see datastore.now_us).
+-- node that handled the write (see records.now_us). Change order is not a
+-- time: it is the partition's own change epoch (kv_change_epoch below).
 
 CREATE TABLE IF NOT EXISTS kv_rows (
     -- Namespace of the key; the HTTP API's /keys is the bucket 'default'.
@@ -30,14 +31,20 @@ CREATE TABLE IF NOT EXISTS kv_rows (
     -- 1 for a tombstone: the key was deleted at modified_us. Kept so that
     -- sync copies the delete instead of resurrecting an old replica.
     deleted     TINYINT        NOT NULL DEFAULT 0,
-    -- When this partition last stored the row (microseconds), by a client
-    -- write or by sync: the watermark column of sync's incremental scan.
-    changed_us  BIGINT         NOT NULL,
+    -- The partition's change epoch (kv_change_epoch) when a client write
+    -- stored the row; 0 for a copy stored by sync, which is no new change.
+    -- Sync's incremental scan reads the rows of the epochs it has closed.
+    change_epoch BIGINT        NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, k)
 ) ENGINE=InnoDB;
 
+-- Tables made before the change epoch had changed_us, stamped by the clock of
+-- the web node or sync host that wrote the row; `make schema` replaces it.
+ALTER TABLE kv_rows ADD COLUMN IF NOT EXISTS change_epoch BIGINT NOT NULL DEFAULT 0;
 -- Sync reads "rows changed since the watermark" with this index.
-CREATE INDEX IF NOT EXISTS kv_rows_changed ON kv_rows (changed_us);
+CREATE INDEX IF NOT EXISTS kv_rows_change_epoch ON kv_rows (change_epoch);
+DROP INDEX IF EXISTS kv_rows_changed ON kv_rows;
+ALTER TABLE kv_rows DROP COLUMN IF EXISTS changed_us;
 -- Sync purges expired rows and old tombstones without a full scan.
 CREATE INDEX IF NOT EXISTS kv_rows_expires ON kv_rows (expires_us);
 -- When a tombstone was written (its modified_us), NULL for a live row. The
@@ -59,3 +66,17 @@ CREATE TABLE IF NOT EXISTS kv_sync_state (
     updated_us  BIGINT         NOT NULL,
     PRIMARY KEY (name)
 ) ENGINE=InnoDB;
+
+-- The change epoch of this partition: one row, raised by every sync pass.
+-- A client write reads it under a shared lock at the start of its transaction
+-- and stamps its rows with it; raising it takes the exclusive lock, so it
+-- waits for every transaction that read the old value to commit. Once it is
+-- raised from E to E + 1, every row stamped E or lower is committed and no
+-- new row gets E: epoch E is closed, and a scan of the closed epochs misses
+-- no late commit, whatever the clocks say.
+CREATE TABLE IF NOT EXISTS kv_change_epoch (
+    id          TINYINT        NOT NULL,
+    epoch       BIGINT         NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE=InnoDB;
+INSERT IGNORE INTO kv_change_epoch (id, epoch) VALUES (1, 1);

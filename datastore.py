@@ -13,6 +13,7 @@ to every configured partition (idempotent).
 import argparse
 import base64
 import dataclasses
+import functools
 import hashlib
 import logging
 import sys
@@ -20,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from configuration import ConfigurationError, Settings, load_config
 from engines import make_partition
-from partitions import Partition
+from partitions import Partition, WriteRequest
 from records import (Condition, DatastoreError, InvalidKey, InvalidRequest, KeyExists,
                      KeyNotFound, PartitionUnavailable, PreconditionFailed, Record,
                      ValueTooLarge, now_us, winner_key)
@@ -249,20 +250,26 @@ class Datastore:
             raise PartitionUnavailable(unavailable)
         raise KeyNotFound(key)
 
-    def _newest_elsewhere(self, bucket: bytes, key: bytes, exclude: Partition) -> Optional[Record]:
-        """The newest copy of the key on the other candidates (unreachable ones skipped)."""
-        return self._newest_many(bucket, [key], exclude).get(key)
-
     # -- writes ----------------------------------------------------------
-    def _write(self, bucket: bytes, key: bytes, make,
-               overwrite=None) -> Tuple[Record, Optional[Record], str]:
+    def _write(self, bucket: bytes, key: bytes, make, overwrite=None,
+               strict: bool = False) -> Tuple[Record, Optional[Record], str]:
+        """Write on the first partition of the placement that is not down.
+
+        A partition that answered but could not do it now (``down`` false:
+        a lock wait, a full pool) fails the write with 503 rather than
+        sending it to the next replica, where a compare-and-swap could win on
+        a stale copy.  ``strict``: see :class:`partitions.WriteRequest`.
+        """
         unavailable = []
         for partition in self.placement(bucket, key):
             try:
-                record, previous = partition.write(
-                    bucket, key, make,
-                    lambda: self._newest_elsewhere(bucket, key, partition), overwrite)
-            except PartitionUnavailable:
+                record, previous = partition.write(WriteRequest(
+                    bucket, key, make, functools.partial(self._newest_many, bucket,
+                                                         exclude=partition),
+                    overwrite, strict))
+            except PartitionUnavailable as e:
+                if not e.down:
+                    raise
                 unavailable.append(partition.name)
                 continue
             return record, previous, partition.name
@@ -286,10 +293,11 @@ class Datastore:
         :raises PartitionUnavailable: when no partition of the placement answers.
         """
         self._check_put(key, value, ttl_seconds)
+        unconditional = condition == Condition()
         record, previous, name = self._write(
             bucket, key, lambda current, now: _put_record(bucket, key, value, ttl_seconds,
                                                           condition, current, now),
-            (value, ttl_seconds) if condition == Condition() else None)
+            (value, ttl_seconds) if unconditional else None, strict=not unconditional)
         return record, previous is None or not previous.is_live(record.modified_us), name
 
     def _check_put(self, key: bytes, value: bytes, ttl_seconds: Optional[int]) -> None:
@@ -311,7 +319,8 @@ class Datastore:
         """
         check_key(key)
         record, _, name = self._write(
-            bucket, key, lambda current, now: _tombstone(key, condition, current, now))
+            bucket, key, lambda current, now: _tombstone(key, condition, current, now),
+            strict=True)
         return record, name
 
     # -- batch -------------------------------------------------------------
@@ -370,6 +379,9 @@ class Datastore:
                     results[i] = record
 
     def _batch_writes(self, bucket, keys, by_key, ops, results) -> None:
+        """Write the keys of ``keys`` (each with its ops by_key[key]) on the
+        first partition of their placement that is not down (see :meth:`_write`)."""
+        strict = {key for key in keys if any(_is_strict(ops[i]) for i in by_key[key])}
         pending, failures = list(keys), {}
         for rank in range(self.replicas):
             groups: dict = {}
@@ -377,19 +389,28 @@ class Datastore:
                 groups.setdefault(self.placement(bucket, key)[rank], []).append(key)
             pending = []
             for partition, group in groups.items():
-                def apply(current, now, group=group):
+                def apply(current, now, unknown, group=group):
                     final = {}
                     for key in group:
                         state = current.get(key)
                         for i in by_key[key]:
+                            if key in unknown and _is_strict(ops[i]):
+                                results[i] = unknown[key]
+                                continue
                             results[i], state, changed = _apply_op(bucket, key, ops[i], state, now)
                             if changed:
                                 final[key] = state
                     return final
                 try:
                     partition.write_many(bucket, group, apply,
-                                         lambda dead, p=partition: self._newest_many(bucket, dead, p))
-                except PartitionUnavailable:
+                                         functools.partial(self._newest_many, bucket,
+                                                           exclude=partition), strict)
+                except PartitionUnavailable as e:
+                    if not e.down:
+                        for key in group:
+                            for i in by_key[key]:
+                                results[i] = e
+                        continue
                     pending += group
                     for key in group:
                         failures.setdefault(key, []).append(partition.name)
@@ -397,24 +418,40 @@ class Datastore:
             for i in by_key[key]:
                 results[i] = PartitionUnavailable(failures[key])
 
-    def _newest_many(self, bucket: bytes, keys: List[bytes], exclude: Partition) -> dict:
-        """key -> newest copy on the other candidates (unreachable ones skipped)."""
+    def _newest_many(self, bucket: bytes, keys: List[bytes], exclude: Partition):
+        """The other copies of ``keys``: on every candidate (placement and
+        lookaside) but ``exclude``, one read_many per partition.
+
+        :returns: (key -> newest copy found, key -> PartitionUnavailable naming
+            the partitions of its placement that could not be read), as
+            partitions.Elsewhere.  An unreachable lookaside partition is not
+            named: it holds a key only until sync has moved it after a
+            partition was added, and naming it would fail every strict write
+            while any one partition is down.
+        """
         groups: dict = {}
+        placed_on: dict = {}
         for key in keys:
             placed, lookaside = self._candidates(bucket, key)
+            placed_on[key] = placed
             for partition in placed + lookaside:
                 if partition is not exclude:
                     groups.setdefault(partition, []).append(key)
         newest: dict = {}
+        missed: dict = {}
         for partition, group in groups.items():
             try:
                 found = partition.read_many([(bucket, k) for k in group])
             except PartitionUnavailable:
+                for key in group:
+                    if partition in placed_on[key]:
+                        missed.setdefault(key, []).append(partition.name)
                 continue
             for (_, key), record in found.items():
                 if key not in newest or winner_key(record) > winner_key(newest[key]):
                     newest[key] = record
-        return newest
+        return newest, {key: PartitionUnavailable(names, "cannot read the key's other copies")
+                        for key, names in missed.items()}
 
     # -- listing ---------------------------------------------------------
     def list(self, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
@@ -532,6 +569,12 @@ def _tombstone(key: bytes, condition: Condition, current: Optional[Record], now:
         raise KeyNotFound(key)
     version, modified = _next_version(current, now)
     return Record(live.bucket, key, b"", version, live.created_us, modified, None, True)
+
+
+def _is_strict(op: dict) -> bool:
+    """True for a batch op whose outcome depends on the current copy."""
+    return op["op"] == "delete" or op.get("if_match") is not None \
+        or op.get("if_none_match") is not None
 
 
 def _apply_op(bucket: bytes, key: bytes, op: dict, state: Optional[Record], now: int):

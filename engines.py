@@ -17,6 +17,7 @@ from configuration import PartitionSettings
 from partitions import Partition
 
 PING_AFTER_IDLE_SECONDS = 1.0   # a pooled connection idle this long is pinged before use
+STATEMENT_SHARE = 0.75          # max_statement_time as a share of read_timeout_seconds
 
 
 class MySQLPartition(Partition):
@@ -27,7 +28,10 @@ class MySQLPartition(Partition):
     timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
     (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
     pinged at checkout after PING_AFTER_IDLE_SECONDS idle, so connections broken
-    by a server restart are replaced.  Multi-statement packets are on, so a
+    by a server restart are replaced.  Every statement, row-lock waits
+    included, is cut by the server at STATEMENT_SHARE of the read timeout
+    (``max_statement_time``): a slow lock answers "busy" (MariaDB error 1969)
+    before the client's read timeout would take the partition for down.  Multi-statement packets are on, so a
     transaction folds BEGIN and COMMIT into its other statements; every
     parameter is still escaped by the driver (``string_literal``, which is
     mysql_real_escape_string), and no statement text comes from clients.
@@ -35,6 +39,13 @@ class MySQLPartition(Partition):
 
     engine = "mysql"
     FOLDS = True
+    STAMP = ("SELECT epoch INTO @kv_epoch FROM kv_change_epoch WHERE id = 1 LOCK IN SHARE MODE",)
+    EPOCH = "@kv_epoch"
+    CLOCK = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6))"
+    # Writes that read the old epoch commit within milliseconds; new writes
+    # queue behind this lock request, so it waits little and briefly.
+    CLOSE_EPOCH = ("SET STATEMENT max_statement_time = 0.25 FOR "
+                   + Partition.CLOSE_EPOCH)
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)
@@ -43,6 +54,7 @@ class MySQLPartition(Partition):
         import sqlalchemy.exc
         self._driver = MySQLdb
         self._multi_statements = MySQLdb.constants.CLIENT.MULTI_STATEMENTS
+        self._pool_timeout = sqlalchemy.exc.TimeoutError
         self.driver_errors = (MySQLdb.Error, sqlalchemy.exc.TimeoutError)
         self._pool = None
         self._pool_pid = None
@@ -59,7 +71,8 @@ class MySQLPartition(Partition):
             connect_timeout=s.connect_timeout_seconds, read_timeout=s.read_timeout_seconds,
             write_timeout=s.write_timeout_seconds, autocommit=True, charset="utf8mb4",
             client_flag=self._multi_statements,
-            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            init_command="SET SESSION tx_isolation = 'READ-COMMITTED', max_statement_time = %.3f"
+                         % (s.read_timeout_seconds * STATEMENT_SHARE))
 
     def _get_pool(self):
         if self._pool_pid != os.getpid():     # created lazily, again after a fork
@@ -124,6 +137,8 @@ class MySQLPartition(Partition):
     _GONE = frozenset((1045, 1049, 1053, 1152, 1184, 1927, 4031))
 
     def _classify(self, exc):
+        if isinstance(exc, self._pool_timeout):
+            return "busy"                  # every pooled connection is in use
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if code in (1062, 1213):           # duplicate key, deadlock
             return "retry"
@@ -152,7 +167,7 @@ class SQLitePartition(Partition):
     UPDATE_EXISTING = (" ON CONFLICT (bucket, k) DO UPDATE SET value = excluded.value,"
                        " version = excluded.version, created_us = excluded.created_us,"
                        " modified_us = excluded.modified_us, expires_us = excluded.expires_us,"
-                       " deleted = excluded.deleted, changed_us = excluded.changed_us")
+                       " deleted = excluded.deleted, change_epoch = excluded.change_epoch")
 
     def __init__(self, settings: PartitionSettings):
         super().__init__(settings)
@@ -195,8 +210,10 @@ class SQLitePartition(Partition):
         return "down"
 
     _SPELLINGS = ((r"VARBINARY\(\d+\)|MEDIUMBLOB", "BLOB"), (r"\)\s*ENGINE=InnoDB", ") WITHOUT ROWID"),
-                  (r"ADD COLUMN IF NOT EXISTS", "ADD COLUMN"),
-                  (r"(DROP INDEX IF EXISTS \w+) ON \w+", r"\1"))
+                  (r"(ADD|DROP) COLUMN IF (NOT )?EXISTS", r"\1 COLUMN"),
+                  (r"(DROP INDEX IF EXISTS \w+) ON \w+", r"\1"), (r"INSERT IGNORE", "INSERT OR IGNORE"))
+    # What SQLite says where MariaDB's IF [NOT] EXISTS would have skipped the statement.
+    _SKIPPED = ("duplicate column name", "no such column")
 
     def _schema_statements(self):
         statements = super()._schema_statements()
@@ -205,12 +222,12 @@ class SQLitePartition(Partition):
         return statements
 
     def _run_schema(self, cursor) -> None:
-        # SQLite has no ADD COLUMN IF NOT EXISTS: a column that exists is skipped by its error.
+        # SQLite has no ADD/DROP COLUMN IF [NOT] EXISTS: such a statement is skipped by its error.
         for statement in self._schema_statements():
             try:
                 cursor.execute(statement)
             except self._sqlite3.OperationalError as e:
-                if not str(e).startswith("duplicate column name"):
+                if not str(e).startswith(self._SKIPPED):
                     raise
 
     def close(self):

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from coalescing import Coalescer
 from configuration import PartitionSettings
@@ -44,6 +44,30 @@ class _Retry(Exception):
     """A transaction lost a race (duplicate insert, deadlock) and may be retried."""
 
 
+#: ``elsewhere(keys)`` of a write: (key -> the newest copy on the other
+#: partitions that may hold one, key -> PartitionUnavailable for the keys
+#: whose other partitions could not all be read).
+Elsewhere = Callable[[List[bytes]], Tuple[Dict[bytes, Record], Dict[bytes, PartitionUnavailable]]]
+
+
+class WriteRequest(NamedTuple):
+    """One single-key write queued for :meth:`Partition.write`.
+
+    ``make(current, now_us)`` returns the record to store or raises;
+    ``elsewhere`` reads the key's other copies (:data:`Elsewhere`); ``strict``
+    says the outcome depends on the current copy (a delete or a condition), so
+    the other copies are always read and an unreachable one fails the write;
+    ``overwrite`` = (value, ttl_seconds) marks an unconditional put that may
+    take the one-round-trip path.
+    """
+    bucket: bytes
+    key: bytes
+    make: Callable[[Optional[Record], int], Record]
+    elsewhere: Optional[Elsewhere] = None
+    overwrite: Optional[Tuple[bytes, Optional[int]]] = None
+    strict: bool = False
+
+
 class _Transaction:
     """The cursor of one transaction, with ``write`` for statements whose
     result is not read.
@@ -57,20 +81,22 @@ class _Transaction:
 
     FOLD_BYTES = 4 << 20
 
-    def __init__(self, cursor, begin: str, literal: Optional[Callable[[object], bytes]]):
+    def __init__(self, cursor, begin: Sequence[str], literal: Optional[Callable[[object], bytes]]):
         self.cursor, self._literal = cursor, literal
-        self._begin: Optional[str] = begin
+        self._begin: Optional[Sequence[str]] = begin
         self._writes: List[bytes] = []
         self._bytes = 0
         self._over = False
         if literal is None:
-            cursor.execute(begin)
+            for statement in begin:
+                cursor.execute(statement)
             self._begin = None
 
     def execute(self, sql: str, params=()) -> None:
         if self._begin is not None:
-            self.cursor.execute(self._begin + "; " + sql, params)
-            self.cursor.nextset()
+            self.cursor.execute("; ".join(list(self._begin) + [sql]), params)
+            for _ in self._begin:
+                self.cursor.nextset()
             self._begin = None
         else:
             self.cursor.execute(sql, params)
@@ -112,7 +138,7 @@ class _Transaction:
     def _send(self, tail: List[bytes]) -> List[tuple]:
         """Send the pending BEGIN and writes, then ``tail``, in one packet;
         returns (rows or None, row count) of each statement of ``tail``."""
-        head = [self._begin.encode("ascii")] if self._begin is not None else []
+        head = [s.encode("ascii") for s in self._begin] if self._begin is not None else []
         skip = len(head) + len(self._writes)
         cursor, results = self.cursor, []
         cursor.execute(b"; ".join(head + self._writes + tail))
@@ -142,16 +168,26 @@ class Partition:
     - ``write`` runs ``make(current, now_us)`` inside one transaction that
       holds the row lock, and stores the record it returns: the check and the
       write are atomic, so of concurrent conditional writes exactly one wins.
+    - Every row a client write stores carries the partition's change epoch
+      (database_definition.sql, kv_change_epoch), read under a shared lock at
+      the start of the transaction; a copy stored by sync carries 0.
+      :meth:`close_epoch` raises the epoch once every transaction that read
+      the old one has committed, so the rows of a closed epoch are all there:
+      change order never depends on a client's clock.
     - Concurrent ``read`` calls of one process share one query, and
       concurrent ``write`` calls one transaction (coalescing.py); each call
       still sees every write that completed before it began.
     - ``scan`` returns rows (tombstones included) in byte order of key.
     - Any failure to reach the database, or a timeout, raises
-      :class:`PartitionUnavailable` (the driver exception in ``original``);
-      the partition then counts as down for ``retry_interval_seconds`` and
-      fails fast meanwhile.  Nothing else leaks driver exceptions.
+      :class:`PartitionUnavailable` (the driver exception in ``original``).
+      When the database is unreachable (``down``) the partition then counts
+      as down for ``retry_interval_seconds`` and fails fast meanwhile; a lock
+      wait or statement timeout, a full connection pool or a refused
+      statement is not ``down`` and marks nothing.  Nothing else leaks driver
+      exceptions.
 
     Engines override ``_acquire``/``_release`` (connections), ``BEGIN``,
+    ``STAMP`` and ``EPOCH`` (the change epoch of client writes), ``CLOCK``,
     ``FOR_UPDATE``, ``UPDATE_EXISTING`` (the upsert clause), ``FOLDS`` and
     ``_literal`` (to fold statements), ``_classify`` (driver error -> retry/busy/failed/down),
     ``_schema_statements`` and ``_run_schema``; SQL is written once with ``%s`` placeholders.
@@ -159,12 +195,22 @@ class Partition:
 
     engine = ""
     BEGIN = "START TRANSACTION"
+    #: Statements that start a client write's transaction after BEGIN: they
+    #: take the shared lock of the change epoch.
+    STAMP: Tuple[str, ...] = ()
+    #: The SQL expression of the change epoch in a client write's statements.
+    EPOCH = "(SELECT epoch FROM kv_change_epoch WHERE id = 1)"
+    #: The statement that raises the change epoch (engines bound its lock wait).
+    CLOSE_EPOCH = "UPDATE kv_change_epoch SET epoch = epoch + 1 WHERE id = 1"
+    #: The SQL expression of the partition's clock (microseconds since the
+    #: epoch, UTC); empty: this host's clock (an embedded engine).
+    CLOCK = ""
     FOR_UPDATE = " FOR UPDATE"
     FOLDS = False        # the driver sends many statements in one round trip
     UPDATE_EXISTING = (" ON DUPLICATE KEY UPDATE value = VALUES(value), version = VALUES(version),"
                        " created_us = VALUES(created_us), modified_us = VALUES(modified_us),"
                        " expires_us = VALUES(expires_us), deleted = VALUES(deleted),"
-                       " changed_us = VALUES(changed_us)")
+                       " change_epoch = VALUES(change_epoch)")
     driver_errors: Tuple[type, ...] = ()
 
     def __init__(self, settings: PartitionSettings):
@@ -213,14 +259,17 @@ class Partition:
             self._down_reason = reason
         log.warning("%s unavailable (%s): %r", self.name, reason, exc)
         return PartitionUnavailable([self.name], reason, original=exc,
-                                    retry_after_seconds=self.settings.retry_interval_seconds)
+                                    retry_after_seconds=self.settings.retry_interval_seconds,
+                                    down=mark_down)
 
     @contextlib.contextmanager
-    def _cursor(self, transaction: bool = False):
+    def _cursor(self, transaction: bool = False, stamp: bool = False):
         """Yield a cursor; translate driver errors in this one place.
 
         With ``transaction``, the body runs between BEGIN and COMMIT and is
-        rolled back on any exception.
+        rolled back on any exception; with ``stamp`` too, the transaction
+        starts with ``STAMP`` (the shared lock of the change epoch), so its
+        statements may use ``EPOCH``.
         """
         if time.monotonic() < self._down_until:
             raise PartitionUnavailable([self.name], self._down_reason or "down",
@@ -228,12 +277,15 @@ class Partition:
         try:
             conn = self._acquire()
         except self.driver_errors as e:
-            raise self._unavailable(e, "cannot connect", True) from e
+            kind = self._classify(e)
+            raise self._unavailable(e, "cannot connect" if kind == "down" else _REASONS[kind],
+                                    kind == "down") from e
         broken = False
         try:
             cursor = conn.cursor()
             if transaction:
-                tx = _Transaction(cursor, self.BEGIN, self._literal(conn))
+                begin = (self.BEGIN,) + (self.STAMP if stamp else ())
+                tx = _Transaction(cursor, begin, self._literal(conn))
                 try:
                     yield tx
                     tx.commit(conn)
@@ -298,18 +350,18 @@ class Partition:
             cursor.execute(self._sql(sql), params)
             return [_record(row) for row in cursor.fetchall()]
 
-    def write(self, bucket: bytes, key: bytes,
-              make: Callable[[Optional[Record], int], Record],
-              elsewhere: Optional[Callable[[], Optional[Record]]] = None,
-              overwrite: Optional[Tuple[bytes, Optional[int]]] = None
-              ) -> Tuple[Record, Optional[Record]]:
-        """Atomically read-check-write one key.
+    def write(self, request: WriteRequest) -> Tuple[Record, Optional[Record]]:
+        """Atomically read-check-write one key (a :class:`WriteRequest`).
 
         ``current`` is this partition's row, or, when that is missing or not
-        live, the newer of it and ``elsewhere()`` (the key's copy on other
-        partitions, so versions continue and preconditions hold before sync
-        has copied a key here).  ``make(current, now_us)`` returns the record
-        to store or raises (nothing is then written for this call).
+        live, the newer of it and the newest copy ``request.elsewhere`` finds
+        on the other partitions (so versions continue and preconditions hold
+        before sync has copied a key here); for a ``strict`` request the other
+        copies are read whatever this row is, and when one of them cannot be
+        read the write fails with that :class:`PartitionUnavailable` (API.md:
+        a write decided on the current copy answers 503 rather than deciding
+        on a stale replica).  ``make(current, now_us)`` returns the record to
+        store or raises (nothing is then written for this call).
 
         Concurrent calls are coalesced into one :meth:`write_many`
         transaction per bucket, applied in arrival order: a later call on the
@@ -326,16 +378,16 @@ class Partition:
         :raises PartitionUnavailable: when the database does not answer.
         :raises Exception: whatever ``make`` raises.
         """
-        return self._writes.submit((bucket, key, make, elsewhere, overwrite))
+        return self._writes.submit(request)
 
-    def _write_batch(self, items: List[tuple]) -> list:
-        if not (self.FOLDS and all(item[4] is not None for item in items)
-                and len({item[0] for item in items}) == 1
-                and len({item[1] for item in items}) == len(items)
-                and sum(len(item[4][0]) for item in items) <= _Transaction.FOLD_BYTES):
+    def _write_batch(self, items: List[WriteRequest]) -> list:
+        if not (self.FOLDS and all(item.overwrite is not None for item in items)
+                and len({item.bucket for item in items}) == 1
+                and len({item.key for item in items}) == len(items)
+                and sum(len(item.overwrite[0]) for item in items) <= _Transaction.FOLD_BYTES):
             return self._make_batch(items)
         try:
-            done = self._transact(lambda tx: self._overwrite_live(tx, items))
+            done = self._transact(lambda tx: self._overwrite_live(tx, items), stamp=True)
         except DatastoreError as e:
             return [e] * len(items)
         rest = [i for i in range(len(items)) if i not in done]
@@ -343,7 +395,7 @@ class Partition:
             done[i] = outcome
         return [done[i] for i in range(len(items))]
 
-    def _overwrite_live(self, tx: _Transaction, items: List[tuple]) -> dict:
+    def _overwrite_live(self, tx: _Transaction, items: List[WriteRequest]) -> dict:
         """The one-round-trip write of :meth:`write` (``overwrite`` given,
         one bucket, distinct keys): lock the rows, update the live ones with
         one statement, read them back, commit.  Returns index -> (record,
@@ -352,69 +404,69 @@ class Partition:
         The UPDATE does what ``make`` does to a live row: version + 1,
         modified_us = max(now, modified_us + 1), created_us kept, the new
         value and TTL (expires_us is assigned before modified_us, so it reads
-        the old one whatever the sql_mode).
+        the old one whatever the sql_mode); test/partition_contract.py checks
+        that both ways store the same records.
         """
-        bucket, now = items[0][0], now_us()
-        keys = [item[1] for item in items]
+        bucket, now = items[0].bucket, now_us()
+        keys = [item.key for item in items]
         match = " WHERE bucket = %s AND k IN (" + ", ".join(["%s"] * len(keys)) + ")"
         where = " FROM kv_rows" + match
         values, expires = [], []
-        for _, key, _, _, (value, ttl) in items:
-            values += [key, value]
-            expires += [key, now, ttl * 1_000_000] if ttl else [key]
+        for item in items:
+            value, ttl = item.overwrite
+            values += [item.key, value]
+            expires += [item.key, now, ttl * 1_000_000] if ttl else [item.key]
         update = ("UPDATE kv_rows SET value = CASE k" + " WHEN %s THEN %s" * len(items)
                   + " END, version = version + 1, expires_us = CASE k"
-                  + "".join(" WHEN %s THEN GREATEST(%s, modified_us + 1) + %s" if item[4][1]
+                  + "".join(" WHEN %s THEN GREATEST(%s, modified_us + 1) + %s" if item.overwrite[1]
                             else " WHEN %s THEN NULL" for item in items)
-                  + " END, modified_us = GREATEST(%s, modified_us + 1), changed_us = %s"
-                  + match + " AND deleted = 0 AND (expires_us IS NULL OR expires_us > %s)")
+                  + " END, modified_us = GREATEST(%s, modified_us + 1), change_epoch = "
+                  + self.EPOCH + match + " AND deleted = 0 AND (expires_us IS NULL OR expires_us > %s)")
         results = tx.final([("SELECT " + _COLUMNS + where + self.FOR_UPDATE, [bucket] + keys),
-                            (update, values + expires + [now, now, bucket] + keys + [now]),
+                            (update, values + expires + [now, bucket] + keys + [now]),
                             ("SELECT " + _NO_VALUE + where, [bucket] + keys)])
         before = {record.key: record for record in map(_record, results[0][0])}
         after = {record.key: record for record in map(_record, results[2][0])}
-        return {i: (after[item[1]]._replace(value=item[4][0]), before[item[1]])
+        return {i: (after[item.key]._replace(value=item.overwrite[0]), before[item.key])
                 for i, item in enumerate(items)
-                if item[1] in before and before[item[1]].is_live(now)}
+                if item.key in before and before[item.key].is_live(now)}
 
-    def _make_batch(self, items: List[tuple]) -> list:
+    def _make_batch(self, items: List[WriteRequest]) -> list:
         outcomes: list = [None] * len(items)
         by_bucket: dict = {}
         for i, item in enumerate(items):
-            by_bucket.setdefault(item[0], []).append(i)
+            by_bucket.setdefault(item.bucket, []).append(i)
         for bucket, indexes in by_bucket.items():
-            def apply(current, now, indexes=indexes):
+            def apply(current, now, unknown, indexes=indexes):
                 final = {}
                 for i in indexes:
-                    _, key, make, _, _ = items[i]
-                    previous = current.get(key)
+                    item = items[i]
+                    if item.strict and item.key in unknown:
+                        outcomes[i] = unknown[item.key]
+                        continue
+                    previous = current.get(item.key)
                     try:
-                        record = make(previous, now)
+                        record = item.make(previous, now)
                     except Exception as e:     # this call fails; the others go on
                         outcomes[i] = e
                         continue
                     outcomes[i] = (record, previous)
-                    current[key] = final[key] = record
+                    current[item.key] = final[item.key] = record
                 return final
-
-            def others(dead, indexes=indexes):
-                found = {}
-                for i in indexes:
-                    _, key, _, elsewhere, _ = items[i]
-                    if key in dead and key not in found and elsewhere is not None:
-                        found[key] = elsewhere()
-                return {key: record for key, record in found.items() if record is not None}
+            group = [items[i] for i in indexes]
             try:
-                self.write_many(bucket, list(dict.fromkeys(items[i][1] for i in indexes)),
-                                apply, others)
+                self.write_many(bucket, list(dict.fromkeys(item.key for item in group)), apply,
+                                next((item.elsewhere for item in group if item.elsewhere), None),
+                                {item.key for item in group if item.strict})
             except DatastoreError as e:
                 for i in indexes:
                     outcomes[i] = e
         return outcomes
 
-    def _transact(self, body: Callable):
+    def _transact(self, body: Callable, stamp: bool = False):
         """Run ``body(cursor)`` in one transaction; run it again (at most 4
         times in all) when it loses a race (duplicate insert, deadlock).
+        ``stamp``: a client write's transaction (see :meth:`_cursor`).
 
         :returns: what ``body`` returns.
         :raises PartitionUnavailable: when the database does not answer or
@@ -422,7 +474,7 @@ class Partition:
         """
         for attempt in range(4):
             try:
-                with self._cursor(transaction=True) as cursor:
+                with self._cursor(transaction=True, stamp=stamp) as cursor:
                     return body(cursor)
             except _Retry:
                 if attempt == 3:
@@ -430,18 +482,18 @@ class Partition:
         raise AssertionError("unreachable")
 
     # -- for sync.py ----------------------------------------------------------
-    _ORDERED_BY = ("changed_us", "tombstone_us", "expires_us")
+    _ORDERED_BY = ("change_epoch", "tombstone_us", "expires_us")
 
     def rows_by(self, column: str, after: Tuple[int, bytes, bytes], limit: int,
                 where: str = "", params: Sequence = ()) -> List[Tuple[int, Record]]:
         """Rows ordered by (column, bucket, key), after ``after``, with values.
 
-        Keyset pagination over the index of ``column`` (changed_us for the
+        Keyset pagination over the index of ``column`` (change_epoch for the
         watermark scan, tombstone_us for tombstones, expires_us for expiry), so
         the cost is the number of rows returned, whatever the table size.
         ``where`` is an optional constant SQL condition with ``params``.
 
-        :param str column: one of changed_us, tombstone_us, expires_us.
+        :param str column: one of change_epoch, tombstone_us, expires_us.
         :param after: (column value, bucket, key) of the last row seen.
         :returns: list of (column value, Record), at most ``limit``.
         :raises PartitionUnavailable: when the database does not answer.
@@ -496,17 +548,20 @@ class Partition:
             return self._select_many(cursor, keys, lock=False)
 
     def write_many(self, bucket: bytes, keys: Sequence[bytes],
-                   apply: Callable[[dict, int], dict],
-                   elsewhere: Optional[Callable[[List[bytes]], dict]] = None) -> dict:
+                   apply: Callable[[dict, int, dict], dict],
+                   elsewhere: Optional[Elsewhere] = None, strict=frozenset()) -> dict:
         """Atomically read-check-write many keys of one bucket (POST /batch).
 
-        One transaction: the rows of ``keys`` are locked, those missing or not
-        live are completed with ``elsewhere(keys)`` (key -> newest Record on
-        other partitions), then ``apply(current, now_us)`` gets key -> Record
-        or None and returns key -> Record to store for the keys it changed.
+        One transaction: the rows of ``keys`` are locked; for those missing or
+        not live here, and for every key in ``strict``, ``elsewhere(keys)``
+        (:data:`Elsewhere`) reads the other copies and the newer one counts;
+        then ``apply(current, now_us, unknown)`` gets key -> Record or None,
+        and key -> PartitionUnavailable for the ``strict`` keys whose other
+        copies could not all be read (their outcome is not to be decided
+        here), and returns key -> Record to store for the keys it changed.
         Locked rows are updated in place by one multi-row upsert, new ones
         written by one multi-row INSERT (a concurrent insert of the same key
-        makes the whole call run again).
+        makes the whole call run again), each stamped with the change epoch.
 
         :returns: what ``apply`` returned.
         :raises PartitionUnavailable: when the database does not answer.
@@ -516,23 +571,27 @@ class Partition:
             stored = {k: r for (_, k), r in locked.items()}
             now = now_us()
             current = dict(stored)
-            dead = [k for k in keys if k not in stored or not stored[k].is_live(now)]
-            if dead and elsewhere is not None:
-                for key, other in elsewhere(dead).items():
+            ask = [k for k in keys if k in strict or k not in stored or not stored[k].is_live(now)]
+            unknown = {}
+            if ask and elsewhere is not None:
+                newest, unreachable = elsewhere(ask)
+                for key, other in newest.items():
                     if current.get(key) is None or winner_key(other) > winner_key(current[key]):
                         current[key] = other
-            final = apply(current, now)
-            self._store_many(cursor, list(final.values()), locked)
+                unknown = {k: e for k, e in unreachable.items() if k in strict}
+            final = apply(current, now, unknown)
+            self._store_many(cursor, list(final.values()), locked, self.EPOCH)
             return final
-        return self._transact(body)
+        return self._transact(body, stamp=True)
 
-    def _store_many(self, cursor, records: Sequence[Record], locked,
+    def _store_many(self, cursor, records: Sequence[Record], locked, epoch: str,
                     max_statement_bytes: int = 4 << 20) -> None:
-        """Store ``records``: a multi-row upsert for those whose (bucket, key)
-        is in ``locked`` (rows this transaction holds: updated in place,
-        cheaper than REPLACE's delete and insert), a multi-row INSERT for the
-        new ones; at most 500 rows and about 4 MiB of values per statement."""
-        changed = now_us()
+        """Store ``records`` with the change epoch ``epoch`` (an SQL
+        expression): a multi-row upsert for those whose (bucket, key) is in
+        ``locked`` (rows this transaction holds: updated in place, cheaper
+        than REPLACE's delete and insert), a multi-row INSERT for the new
+        ones; at most 500 rows and about 4 MiB of values per statement."""
+        row = "(%s, %s, %s, %s, %s, %s, %s, %s, " + epoch + ")"
         for replace in (True, False):
             rows = [r for r in records if ((r.bucket, r.key) in locked) == replace]
             start = 0
@@ -545,12 +604,11 @@ class Partition:
                 chunk = rows[start:end]
                 cursor.write(self._sql(
                     "INSERT INTO kv_rows (bucket, k, value, version, created_us, modified_us,"
-                    " expires_us, deleted, changed_us) VALUES "
-                    + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                    " expires_us, deleted, change_epoch) VALUES " + ", ".join([row] * len(chunk))
                     + (self.UPDATE_EXISTING if replace else "")),
                     [v for r in chunk for v in (r.bucket, r.key, r.value, r.version,
                                                 r.created_us, r.modified_us, r.expires_us,
-                                                int(r.deleted), changed)])
+                                                int(r.deleted))])
                 start = end
 
     def store_if_newer(self, records: Sequence[Record]) -> List[Record]:
@@ -558,7 +616,9 @@ class Partition:
 
         One transaction for the whole batch (one locking query, multi-row
         statements): the check and the write of each row are atomic with
-        respect to client writes.
+        respect to client writes.  The copies carry change epoch 0: a copy
+        made by sync is no new change (sync delivers a row to every partition
+        of its placement at once, and the change feed does not show copies).
 
         :returns: the records that were written.
         :raises PartitionUnavailable: when the database does not answer.
@@ -567,7 +627,7 @@ class Partition:
             stored = self._select_many(cursor, [(r.bucket, r.key) for r in records], True)
             newer = [r for r in records if (r.bucket, r.key) not in stored
                      or winner_key(r) > winner_key(stored[(r.bucket, r.key)])]
-            self._store_many(cursor, newer, stored)
+            self._store_many(cursor, newer, stored, "0")
             return newer
         return self._transact(body)
 
@@ -593,7 +653,8 @@ class Partition:
         return self._transact(body) if records else 0
 
     def get_state(self, name: bytes) -> Optional[Tuple[bytes, int]]:
-        """(value, updated_us) of a kv_sync_state row, or None."""
+        """(value, updated_us) of a kv_sync_state row, or None; updated_us is
+        the partition's clock (:meth:`clock_us`) when it was written."""
         with self._cursor() as cursor:
             cursor.execute(self._sql("SELECT value, updated_us FROM kv_sync_state WHERE name = %s"),
                            (name,))
@@ -601,26 +662,66 @@ class Partition:
         return (bytes(row[0]), row[1]) if row else None
 
     def set_state(self, name: bytes, value: bytes,
-                  unless: Optional[Callable[[Optional[Tuple[bytes, int]]], bool]] = None) -> bool:
-        """Set a kv_sync_state row atomically; with ``unless(current)`` true, leave it.
+                  unless: Optional[Callable[[Optional[Tuple[bytes, int]], int], bool]] = None
+                  ) -> bool:
+        """Set a kv_sync_state row atomically; with ``unless(current, now_us)``
+        true, leave it.  ``now_us`` and the stored updated_us are the
+        partition's clock, so a lease's age never depends on a sync host's.
 
         :returns: True when the row was written.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        with self._cursor(transaction=True) as cursor:
+        def body(cursor):
             cursor.execute(self._sql("SELECT value, updated_us FROM kv_sync_state WHERE name = %s"
                                      + self.FOR_UPDATE), (name,))
             row = cursor.fetchone()
             current = (bytes(row[0]), row[1]) if row else None
-            if unless is not None and unless(current):
+            now = self._clock(cursor)
+            if unless is not None and unless(current, now):
                 return False
             if row:
                 cursor.execute(self._sql("UPDATE kv_sync_state SET value = %s, updated_us = %s"
-                                         " WHERE name = %s"), (value, now_us(), name))
-            else:
+                                         " WHERE name = %s"), (value, now, name))
+            else:          # a concurrent insert of the same row makes it run again
                 cursor.execute(self._sql("INSERT INTO kv_sync_state (name, value, updated_us)"
-                                         " VALUES (%s, %s, %s)"), (name, value, now_us()))
-        return True
+                                         " VALUES (%s, %s, %s)"), (name, value, now))
+            return True
+        return self._transact(body)
+
+    def _clock(self, cursor) -> int:
+        if not self.CLOCK:
+            return now_us()
+        cursor.execute("SELECT " + self.CLOCK)
+        return int(cursor.fetchone()[0])
+
+    def clock_us(self) -> int:
+        """The partition's clock: microseconds since the Unix epoch (UTC), read
+        from the database server (the embedded engine: this host's clock).
+
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            return self._clock(cursor)
+
+    def close_epoch(self) -> int:
+        """Close the current change epoch and open the next one.
+
+        Raising kv_change_epoch takes its row's exclusive lock, which waits
+        until every client write that read the old epoch (under the shared
+        lock, :attr:`STAMP`) has committed or rolled back.  So when this
+        returns E, every row stamped E or lower is committed, and every later
+        write is stamped above E: the rows of epochs 1..E are final for
+        sync's incremental scan, whatever any clock says.
+
+        :returns: E, the newest closed epoch.
+        :raises PartitionUnavailable: when the database does not answer, or
+            (not ``down``) when a write holds the old epoch past the
+            statement timeout.
+        """
+        with self._cursor(transaction=True) as cursor:
+            cursor.execute(self._sql(self.CLOSE_EPOCH))
+            cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
+            return int(cursor.fetchone()[0]) - 1
 
     def _schema_statements(self) -> List[str]:
         with open(SCHEMA_PATH, encoding="utf-8") as f:

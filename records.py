@@ -84,16 +84,22 @@ class PartitionUnavailable(DatastoreError):
     :ivar list partitions: names of the partitions that failed.
     :ivar str reason: short client-safe reason (no host names, no SQL).
     :ivar int retry_after_seconds: when a retry may succeed.
+    :ivar bool down: True when the partition is unreachable (a write may then
+        go to the next partition of the placement); False when it answered but
+        could not do this now (a lock wait or statement timeout, a full
+        connection pool, a refused statement): the write must not go
+        elsewhere, or a compare-and-swap could win on a stale replica.
     """
     code = "unavailable"
 
     def __init__(self, partitions: Sequence[str], reason: str = "", original=None,
-                 retry_after_seconds: int = 2):
+                 retry_after_seconds: int = 2, down: bool = True):
         names = ", ".join(partitions) or "no partition"
         super().__init__("partition unavailable: %s%s" % (names, " (%s)" % reason if reason else ""),
                          original)
         self.partitions, self.reason = list(partitions), reason
         self.retry_after_seconds = retry_after_seconds
+        self.down = down
 
 
 # -- records and conditions --------------------------------------------------

@@ -2,22 +2,34 @@
 placement converge.
 
 A pass takes a cluster-wide lease (a row of kv_sync_state on the first
-reachable partition), then runs four phases, each a function taking a
-:class:`Sync`:
+reachable partition, aged by that partition's clock), then, for every
+partition:
 
-- replicate: for every partition, the rows stored since its watermark (kept in
-  that partition) are copied to the other partitions of their placement where
-  the incoming copy wins by ``datastore.winner_key`` (newest modified, then
-  version, then tombstone, then value bytes): last-writer-wins, the same
-  winner on every replica.  Tombstones travel like values.  A watermark
-  advances only past batches delivered to every target, and is rescanned
-  with an overlap of OVERLAP_US, so commits that land late are not missed.
-- rebalance: when the partition list changed since a partition's last
-  rebalance (and on the first pass), its rows that are no longer in their
-  placement are copied to it, then deleted, each only if unchanged since.
-- purge: tombstones older than tombstone_days and expired rows are deleted
-  once no other copy of the key is older (nothing can resurrect).
-- verify (``--verify`` only): compare every copy of every key.
+- closes its change epoch (partitions.Partition.close_epoch): every client
+  write stamped with a closed epoch has committed, so the scan below misses
+  no late commit, and no web node's or sync host's clock decides what it
+  reads;
+- converges the rows that changed since its watermark (kept in that
+  partition): each row is copied to the other partitions of its placement
+  where it wins by ``datastore.winner_key`` (newest modified, then version,
+  then tombstone, then value bytes: last-writer-wins, the same winner on
+  every replica), and a row that is not in its placement (written by a web
+  node with the old partition list, by a failover, or left by a partition
+  addition) is moved: copied to every partition of its placement, then
+  deleted here once they all hold it or a newer copy and nobody changed it
+  meanwhile.  Tombstones travel like values.  The watermark advances only
+  past rows delivered to every target.  Copies that sync stores carry epoch
+  0: sync delivers each row to its whole placement at once, so a copy is no
+  new change to scan again;
+- after the partition list or ``replicas`` changed (and on the first pass,
+  and with ``--full``) converges every row of the partition instead, so that
+  every key's placement is complete and every moved key has left.
+
+Then purge: tombstones older than tombstone_days and rows expired for
+EXPIRY_GRACE_SECONDS are deleted once no other partition holds an older copy
+of the key (nothing can come back), and only when every partition answered
+and has converged on the current partition list.  ``--verify`` compares
+every copy of every key instead.
 
 Every copy is conditional (``store_if_newer``), every delete too
 (``delete_if_unchanged``): killing a pass at any instant and running it again
@@ -26,31 +38,39 @@ converges with nothing lost or resurrected.
     python sync.py [--full] [--dry-run] [--verify] [--partition NAME]
 
 Exit codes: 0 done (or another sync holds the lock), 1 a partition was
-skipped (a later pass catches up), 2 --verify found divergent keys, or a
-usage or configuration error.
+skipped or the lease was lost (a later pass catches up), 2 --verify found
+divergent keys, or a usage or configuration error.
 """
 
 import argparse
 import collections
 import dataclasses
+import datetime
 import logging
 import os
 import socket
 import sys
 import time
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set, Tuple
 
 from datastore import (Datastore, PartitionUnavailable, Record, now_us, open_store,
                        placement, winner_key)
 
 log = logging.getLogger("kv.sync")
 
-OVERLAP_US = 10_000_000        # rescan this much behind a watermark (late commits)
 LEASE_SECONDS = 60             # a holder that stops renewing loses the lock after this
 PROGRESS_SECONDS = 10          # how often long passes report progress
 EXAMPLES = 10                  # divergent keys printed by --verify
+#: Expired rows are purged this long after they expired, so that a sync host
+#: whose clock runs ahead (by less than this) never removes a live row.
+EXPIRY_GRACE_SECONDS = 3600
 
-LOCK, WATERMARK, TOPOLOGY = b"lock", b"watermark", b"topology"
+LOCK = b"lock"
+#: Per partition: how far its changes are converged, "EPOCH HEXBUCKET HEXKEY" (the
+#: position of the last row) or "EPOCH" (every row of epochs up to EPOCH).
+WATERMARK = b"epoch-watermark"
+#: Per partition: the partition list and replicas its rows last converged on.
+TOPOLOGY = b"topology"
 
 
 @dataclasses.dataclass
@@ -73,14 +93,21 @@ class Summary:
                                   time.monotonic() - self.started))
 
 
+class LeaseLost(Exception):
+    """The pass can no longer renew its lease (taken over, or its partition is
+    unreachable): it must stop writing."""
+
+
 class Sync:
     """State of one pass over ``store``.
 
     :param Datastore store: the cluster (its settings give batch_size and
         tombstone_days).
     :param bool dry_run: count what would change, change nothing (no lock,
-        no watermarks).
+        no epochs closed, no watermarks).
     :param str only: a partition name: only rows held by it are processed.
+    :param bool full: converge every row, not only those changed since the
+        watermarks.
     """
 
     def __init__(self, store: Datastore, dry_run: bool = False, only: Optional[str] = None,
@@ -92,7 +119,8 @@ class Sync:
         self.holder = "%s:%d" % (socket.gethostname(), os.getpid())
         self.lock_partition = None
         self._reported = time.monotonic()
-        self.topology = ("%s|replicas=%d" % (",".join(store.names), store.replicas)).encode()
+        self.topology = ("%s|replicas=%d|change-epoch" % (",".join(store.names),
+                                                          store.replicas)).encode()
 
     # -- helpers ----------------------------------------------------------------
     def partition(self, name):
@@ -102,21 +130,43 @@ class Sync:
         return placement(record.bucket, record.key, self.store.names, self.store.replicas)
 
     def skip(self, name: str, error: PartitionUnavailable) -> None:
+        """Note that ``name`` could not be reached: the pass goes on without
+        it and exits 1, and purge is skipped."""
         if name not in self.summary.skipped:
             print("sync: %s skipped: %s" % (name, error), file=sys.stderr)
         self.summary.skipped.add(name)
 
+    def reach(self, name: str, call, *args):
+        """``call(*args)``, or None after :meth:`skip` when partition ``name``
+        does not answer."""
+        try:
+            return call(*args)
+        except PartitionUnavailable as e:
+            self.skip(name, e)
+            return None
+
     def progress(self, phase: str, name: str) -> None:
-        """Report progress now and then, and keep the lease alive."""
+        """Report progress now and then, and keep the lease alive.
+
+        :raises LeaseLost: when the lease cannot be renewed.
+        """
         if time.monotonic() - self._reported >= PROGRESS_SECONDS:
             self._reported = time.monotonic()
             print("sync: %s %s: %d rows scanned, %d copied, %d moved"
                   % (phase, name, self.summary.scanned, self.summary.copied, self.summary.moved),
                   file=sys.stderr)
         if self.lock_partition is not None and not self.dry_run:
-            self.lock_partition.set_state(LOCK, self.holder.encode(),
-                                          unless=lambda current: current is not None
-                                          and current[0] != self.holder.encode())
+            mine = self.holder.encode()
+            try:
+                renewed = self.lock_partition.set_state(
+                    LOCK, mine, unless=lambda current, now: current is not None
+                    and current[0] != mine)
+            except PartitionUnavailable as e:
+                self.skip(self.lock_partition.name, e)
+                raise LeaseLost("the lease's partition %s is unreachable"
+                                % self.lock_partition.name) from None
+            if not renewed:
+                raise LeaseLost("another sync took the lease over")
 
     def copy(self, records: List[Record], target: str) -> Optional[List[Record]]:
         """Copy records to ``target`` where they win; None if it is unreachable.
@@ -145,17 +195,16 @@ class Sync:
         """Take the cluster-wide lease.
 
         It lives on the first reachable partition in name order.  A lease is
-        free when absent, older than LEASE_SECONDS, or held by a dead process
-        of this host.
+        free when absent, not renewed for LEASE_SECONDS by that partition's
+        clock, or held by a dead process of this host.
 
         :returns: None when taken, else a description of the holder.
         :raises PartitionUnavailable: when no partition answers.
         """
         mine = self.holder.encode()
-        now = now_us()
         seen = {}
 
-        def held(current):
+        def held(current, now):
             if current is None or current[0] in (mine, b""):
                 return False
             holder, updated = current[0].decode("utf-8", "replace"), current[1]
@@ -185,7 +234,7 @@ class Sync:
             try:
                 # Empty the lease only while it is still ours (another pass may
                 # have taken over an expired one); an empty holder is free.
-                self.lock_partition.set_state(LOCK, b"", unless=lambda c: c is None
+                self.lock_partition.set_state(LOCK, b"", unless=lambda c, now: c is None
                                               or c[0] != mine)
             except PartitionUnavailable:
                 pass             # the lease expires by itself
@@ -210,69 +259,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# -- phases ---------------------------------------------------------------------
+# -- converging ------------------------------------------------------------------
 
-def replicate(sync: Sync) -> None:
-    """Copy rows changed since each partition's watermark to their placement.
+def converge(sync: Sync, name: str, rows: List[Record]) -> bool:
+    """Make the placement of every row of partition ``name`` in ``rows`` hold it.
 
-    With ``sync.full`` every row is read (anti-entropy for a new or restored
-    partition).  Memory is bounded by batch_size rows.
+    A row in its placement is copied to the placement's other partitions; a
+    row outside it is copied to every partition of its placement, then
+    deleted from ``name`` where they all hold it (or a newer copy) and it is
+    unchanged.
+
+    :returns: True when every target answered (the rows are delivered).
     """
-    for name in sync.sources:
-        if name in sync.summary.skipped:
-            continue
-        source = sync.partition(name)
-        try:
-            state = None if sync.full else source.get_state(WATERMARK)
-        except PartitionUnavailable as e:
-            sync.skip(name, e)
-            continue
-        after, delivered = _resume_position(state[0] if state else None), True
-        while True:
-            try:
-                rows = source.rows_by("changed_us", after, sync.batch)
-            except PartitionUnavailable as e:
-                sync.skip(name, e)
-                break
-            if not rows:
-                break
-            sync.summary.scanned += len(rows)
-            targets: Dict[str, List[Record]] = collections.defaultdict(list)
-            for _, record in rows:
-                names = sync.placement(record)
-                if name in names:       # rows off their placement are rebalance's
-                    for target in names:
-                        if target != name:
-                            targets[target].append(record)
-            delivered = copy_grouped(sync, targets) and delivered
-            last = rows[-1]
-            after = (last[0], last[1].bucket, last[1].key)
-            if delivered and not sync.dry_run:
-                try:
-                    source.set_state(WATERMARK, b"%d %s %s" % (
-                        last[0], last[1].bucket.hex().encode(), last[1].key.hex().encode()))
-                except PartitionUnavailable as e:
-                    sync.skip(name, e)
-                    break
-            sync.progress("replicate", name)
-            if len(rows) < sync.batch:
-                break
-
-
-def _resume_position(watermark: Optional[bytes]):
-    """Where replicate resumes: after the watermark's (changed_us, bucket, key)
-    position, or OVERLAP_US before it (rows stored in one statement share a
-    changed_us, so the position, not the time alone, marks what was read)."""
-    if watermark is None:
-        return -1, b"", b""
-    changed, bucket, key = watermark.split(b" ")
-    if OVERLAP_US:
-        return int(changed) - OVERLAP_US, b"", b""
-    return int(changed), bytes.fromhex(bucket.decode()), bytes.fromhex(key.decode())
-
-
-def copy_grouped(sync: Sync, targets: Dict[str, List[Record]]) -> bool:
-    """Copy each target's records to it; False if a target was unreachable."""
+    targets: Dict[str, List[Record]] = collections.defaultdict(list)
+    off = []
+    for record in rows:
+        names = sync.placement(record)
+        if name not in names:
+            off.append(record)
+        for target in names:
+            if target != name:
+                targets[target].append(record)
     complete = True
     for target, records in sorted(targets.items()):
         written = sync.copy(records, target)
@@ -280,129 +287,163 @@ def copy_grouped(sync: Sync, targets: Dict[str, List[Record]]) -> bool:
             complete = False
         else:
             sync.summary.copied += len(written)
+    if off:
+        complete = _move_off(sync, name, off) and complete
     return complete
 
 
-def rebalance(sync: Sync) -> None:
-    """Move rows that are no longer in their placement (after the partition
-    list changed) to it: copy everything first, then delete each moved row
-    whose copies are all in place and that nobody changed meanwhile.  A
-    partition is scanned whole once per change of the partition list."""
-    for name in sync.sources:
-        if name in sync.summary.skipped:
-            continue
-        source = sync.partition(name)
-        try:
-            state = source.get_state(TOPOLOGY)
-        except PartitionUnavailable as e:
-            sync.skip(name, e)
-            continue
-        if state and state[0] == sync.topology and not sync.full:
-            continue
-        complete = _scan_off_placement(sync, name, delete=False)
-        complete = complete and _scan_off_placement(sync, name, delete=True)
-        if complete and not sync.dry_run:
-            try:
-                source.set_state(TOPOLOGY, sync.topology)
-            except PartitionUnavailable as e:
-                sync.skip(name, e)
+def _move_off(sync: Sync, name: str, off: List[Record]) -> bool:
+    """Delete from ``name`` the rows of ``off`` whose whole placement holds
+    them or a newer copy; False when a placement partition did not answer."""
+    present, complete = {}, True
+    wanted = collections.defaultdict(list)
+    for record in off:
+        for target in sync.placement(record):
+            wanted[target].append((record.bucket, record.key))
+    for target, keys in wanted.items():
+        found = sync.reach(target, sync.partition(target).read_many, keys)
+        if found is None:
+            complete = False
+        present[target] = found or {}
+    placed = [record for record in off
+              if all(c is not None and winner_key(c) >= winner_key(record)
+                     for c in (present[t].get((record.bucket, record.key))
+                               for t in sync.placement(record)))]
+    if sync.dry_run:
+        sync.summary.moved += len(placed)
+        return complete
+    moved = sync.reach(name, sync.partition(name).delete_if_unchanged, placed)
+    if moved is None:
+        return False
+    sync.summary.moved += moved
+    return complete
 
 
-def _scan_off_placement(sync: Sync, name: str, delete: bool) -> bool:
-    """One scan of partition ``name``; returns True if every target answered."""
+def _position(watermark: Optional[bytes]) -> Optional[Tuple[int, bytes, bytes]]:
+    """The (epoch, bucket, key) after which the scan resumes, or None.
+
+    "E" means every row of epochs 1..E: the scan resumes at (E + 1, b"", b""),
+    before every row of epoch E + 1 (no bucket is empty).
+    """
+    if watermark is None:
+        return None
+    parts = watermark.split(b" ")
+    if len(parts) == 1:
+        return int(parts[0]) + 1, b"", b""
+    return int(parts[0]), bytes.fromhex(parts[1].decode()), bytes.fromhex(parts[2].decode())
+
+
+def converge_partition(sync: Sync, name: str) -> None:
+    """Close ``name``'s change epoch, then converge what changed since its
+    watermark, or every row after a change of partition list or replicas
+    (and with ``--full``).  Skips the partition when it does not answer."""
+    source = sync.partition(name)
+    try:
+        closed = source.close_epoch() if not sync.dry_run else None
+        state = source.get_state(TOPOLOGY)
+        after = _position((source.get_state(WATERMARK) or (None,))[0])
+    except PartitionUnavailable as e:
+        sync.skip(name, e)
+        return
+    if sync.full or after is None or state is None or state[0] != sync.topology:
+        if _scan_all(sync, name) and closed is not None:
+            sync.reach(name, source.set_state, WATERMARK, b"%d" % closed)
+            sync.reach(name, source.set_state, TOPOLOGY, sync.topology)
+        return
+    delivered = True
+    while True:
+        rows = sync.reach(name, source.rows_by, "change_epoch", after, sync.batch,
+                          *(("change_epoch <= %s", (closed,)) if closed is not None else ()))
+        if rows is None:
+            return
+        if rows:
+            sync.summary.scanned += len(rows)
+            delivered = converge(sync, name, [r for _, r in rows]) and delivered
+            last = rows[-1]
+            after = (last[0], last[1].bucket, last[1].key)
+            if delivered and closed is not None and len(rows) == sync.batch:
+                if sync.reach(name, source.set_state, WATERMARK, b"%d %s %s" % (
+                        last[0], last[1].bucket.hex().encode(), last[1].key.hex().encode())) is None:
+                    return
+            sync.progress("converge", name)
+        if len(rows) < sync.batch:
+            break
+    if delivered and closed is not None:
+        sync.reach(name, source.set_state, WATERMARK, b"%d" % closed)
+
+
+def _scan_all(sync: Sync, name: str) -> bool:
+    """Converge every row of ``name``; True if every target answered."""
     source = sync.partition(name)
     after, complete = (b"", b""), True
     while True:
-        try:
-            rows = source.rows_after(after, sync.batch)
-        except PartitionUnavailable as e:
-            sync.skip(name, e)
+        rows = sync.reach(name, source.rows_after, after, sync.batch)
+        if rows is None:
             return False
         if not rows:
             return complete
-        if not delete:
-            sync.summary.scanned += len(rows)
-        targets: Dict[str, List[Record]] = collections.defaultdict(list)
-        off = [r for r in rows if name not in sync.placement(r)]
-        for record in off:
-            for target in sync.placement(record):
-                targets[target].append(record)
-        if delete:
-            present = {}
-            for target, records in targets.items():
-                try:
-                    present[target] = sync.partition(target).read_many(
-                        [(r.bucket, r.key) for r in records])
-                except PartitionUnavailable as e:
-                    sync.skip(target, e)
-                    complete = False
-            placed = [record for record in off
-                      if all(c is not None and winner_key(c) >= winner_key(record)
-                             for c in (present.get(t, {}).get((record.bucket, record.key))
-                                       for t in sync.placement(record)))]
-            try:
-                sync.summary.moved += len(placed) if sync.dry_run else \
-                    source.delete_if_unchanged(placed)
-            except PartitionUnavailable as e:
-                sync.skip(name, e)
-                return False
-        else:
-            complete = copy_grouped(sync, targets) and complete
+        sync.summary.scanned += len(rows)
+        complete = converge(sync, name, rows) and complete
         after = (rows[-1].bucket, rows[-1].key)
-        sync.progress("rebalance", name)
+        sync.progress("converge (all rows)", name)
         if len(rows) < sync.batch:
             return complete
 
 
 def purge(sync: Sync) -> None:
-    """Delete tombstones older than tombstone_days and expired rows, where no
-    other copy of the key on its placement is older (so none can come back).
-    Skipped entirely when a partition was unreachable in this pass."""
+    """Delete tombstones older than tombstone_days and rows expired for
+    EXPIRY_GRACE_SECONDS, where no other partition holds an older copy of the
+    key (so none can come back, through a read or a later move).  Skipped
+    entirely when a partition was unreachable in this pass or has not yet
+    converged on the current partition list."""
     if sync.summary.skipped:
         return
+    for name in sync.store.names:
+        state = sync.reach(name, sync.partition(name).get_state, TOPOLOGY)
+        if state is None or state[0] != sync.topology:
+            return
     now = now_us()
     cutoff = now - sync.store.settings.sync.tombstone_days * 86400 * 1_000_000
+    expired = now - EXPIRY_GRACE_SECONDS * 1_000_000
     for name in sync.sources:
         source = sync.partition(name)
         for column, where, param in (("tombstone_us", "tombstone_us < %s", cutoff),
-                                     ("expires_us", "expires_us <= %s", now)):
+                                     ("expires_us", "expires_us <= %s", expired)):
             after = (-1, b"", b"")
             while True:
-                try:
-                    rows = source.rows_by(column, after, sync.batch, where, (param,))
-                except PartitionUnavailable as e:
-                    sync.skip(name, e)
+                rows = sync.reach(name, source.rows_by, column, after, sync.batch, where, (param,))
+                if rows is None:
                     return
                 if not rows:
                     break
-                records = [r for _, r in rows if name in sync.placement(r)]
-                others = collections.defaultdict(list)
-                for record in records:
-                    for target in sync.placement(record):
-                        if target != name:
-                            others[target].append(record)
-                copies = {}
-                try:
-                    for target, group in others.items():
-                        copies[target] = sync.partition(target).read_many(
-                            [(r.bucket, r.key) for r in group])
-                except PartitionUnavailable as e:
-                    sync.skip(target, e)
+                gone = _unshadowed(sync, name, [r for _, r in rows])
+                if gone is None:
                     return
-                gone = [record for record in records
-                        if not any(c is not None and winner_key(c) < winner_key(record)
-                                   for t in sync.placement(record) if t != name
-                                   for c in [copies[t].get((record.bucket, record.key))])]
-                try:
-                    sync.summary.purged += len(gone) if sync.dry_run else \
-                        source.delete_if_unchanged(gone)
-                except PartitionUnavailable as e:
-                    sync.skip(name, e)
+                purged = len(gone) if sync.dry_run else \
+                    sync.reach(name, source.delete_if_unchanged, gone)
+                if purged is None:
                     return
+                sync.summary.purged += purged
                 after = (rows[-1][0], rows[-1][1].bucket, rows[-1][1].key)
                 sync.progress("purge", name)
                 if len(rows) < sync.batch:
                     break
+
+
+def _unshadowed(sync: Sync, name: str, records: List[Record]) -> Optional[List[Record]]:
+    """The records of which no other partition holds an older copy; None
+    when a partition did not answer."""
+    by_key = {(r.bucket, r.key): r for r in records}
+    older = set()
+    for other in sync.store.names:
+        if other == name:
+            continue
+        found = sync.reach(other, sync.partition(other).read_many, list(by_key))
+        if found is None:
+            return None
+        older.update(key for key, copy in found.items()
+                     if winner_key(copy) < winner_key(by_key[key]))
+    return [r for key, r in by_key.items() if key not in older]
 
 
 def verify(sync: Sync, out=sys.stdout) -> int:
@@ -500,6 +541,10 @@ def run(store: Datastore, full=False, dry_run=False, check=False, only=None,
               % (sync.summary.scanned, divergent, len(sync.summary.skipped),
                  time.monotonic() - sync.summary.started), file=out)
         return 2 if divergent else (1 if sync.summary.skipped else 0)
+    print("sync%s: pass started %s by %s" % (
+        " (dry run)" if dry_run else "",
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        sync.holder), file=out)
     if not dry_run:
         try:
             holder = sync.acquire()
@@ -509,15 +554,19 @@ def run(store: Datastore, full=False, dry_run=False, check=False, only=None,
         if holder is not None:
             print("sync: another sync holds the lock: %s; nothing done" % holder, file=out)
             return 0
+    lost = None
     try:
-        replicate(sync)
-        rebalance(sync)
+        for name in sync.sources:
+            converge_partition(sync, name)
         purge(sync)
+    except LeaseLost as e:
+        lost = e
+        print("sync: pass stopped: %s" % e, file=sys.stderr)
     finally:
         if not dry_run:
             sync.release()
     print(sync.summary.line(dry_run), file=out)
-    return 1 if sync.summary.skipped else 0
+    return 1 if sync.summary.skipped or lost else 0
 
 
 def main(argv=None) -> int:

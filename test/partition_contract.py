@@ -15,6 +15,7 @@ import datastore
 import partitions
 import sync
 from datastore import Condition, Record
+from partitions import WriteRequest
 
 BUCKET = b"default"
 HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
@@ -39,14 +40,14 @@ def _put(partition, key, value, modified=None, deleted=False, expires=None):
     def make(current, now):
         version = current.version + 1 if current else 1
         return Record(BUCKET, key, value, version, now, modified or now, expires, deleted)
-    return partition.write(BUCKET, key, make)[0]
+    return partition.write(WriteRequest(BUCKET, key, make))[0]
 
 
 def _overwrite(partition, key, value, ttl=None):
     """An unconditional put through write(), with its overwrite hint."""
     def make(current, now):
         return datastore._put_record(BUCKET, key, value, ttl, Condition(), current, now)
-    return partition.write(BUCKET, key, make, None, (value, ttl))
+    return partition.write(WriteRequest(BUCKET, key, make, overwrite=(value, ttl)))
 
 
 def _race(count, work):
@@ -104,7 +105,7 @@ class PartitionContract:
         def make(current, now):
             raise datastore.PreconditionFailed("no")
         with self.assertRaises(datastore.PreconditionFailed):
-            self.partition.write(BUCKET, b"k", make)
+            self.partition.write(WriteRequest(BUCKET, b"k", make))
         self.assertIsNone(self.partition.read(BUCKET, b"k"))
 
     def test_write_sees_the_current_row(self):
@@ -120,10 +121,31 @@ class PartitionContract:
             seen.append(current)
             return Record(BUCKET, b"k", b"new", current.version + 1 if current else 1, now, now,
                           None, False)
-        self.partition.write(BUCKET, b"k", make, lambda: other)
+        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({b"k": other}, {})))
         self.assertEqual(seen[-1], other)
-        self.partition.write(BUCKET, b"k", make, lambda: self.fail("not consulted"))
+        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: self.fail("not consulted")))
         self.assertEqual(seen[-1].version, 8)
+
+    def test_a_strict_write_reads_elsewhere_always_and_fails_when_it_cannot(self):
+        """A delete or conditional write is decided on the newest copy: the
+        other copies are read even when this row is live, and a copy that
+        cannot be read fails the write (API.md: 503, never a stale decision)."""
+        _put(self.partition, b"k", b"here")
+        newer = Record(BUCKET, b"k", b"there", 9, 1, 10**16, None, False)
+        seen = []
+
+        def make(current, now):
+            seen.append(current)
+            return Record(BUCKET, b"k", b"new", current.version + 1, now, now, None, False)
+        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({b"k": newer}, {}),
+                                          strict=True))
+        self.assertEqual(seen[-1], newer)
+        down = datastore.PartitionUnavailable(["elsewhere"])
+        with self.assertRaises(datastore.PartitionUnavailable):
+            self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({}, {b"k": down}),
+                                              strict=True))
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(self.partition.read(BUCKET, b"k").version, 10)
 
     def test_scan_is_in_byte_order_with_bounds_and_limit(self):
         keys = [b"a", b"a/b", b"a0", b"b", "é".encode(), b"Z", "😀".encode(), b"ab"]
@@ -160,7 +182,7 @@ class PartitionContract:
                 condition.check(current, now)
                 return Record(BUCKET, b"cas", b"%d" % i, current.version + 1, current.created_us,
                               now, None, False)
-            return self.partition.write(BUCKET, b"cas", make)[0]
+            return self.partition.write(WriteRequest(BUCKET, b"cas", make))[0]
         results = _race(50, cas)
         winners = [r for r in results if isinstance(r, Record)]
         losers = [r for r in results if isinstance(r, datastore.PreconditionFailed)]
@@ -172,7 +194,7 @@ class PartitionContract:
             def make(current, now):
                 Condition(create_only=True).check(current, now)
                 return Record(BUCKET, b"new", b"%d" % i, 1, now, now, None, False)
-            return self.partition.write(BUCKET, b"new", make)[0]
+            return self.partition.write(WriteRequest(BUCKET, b"new", make))[0]
         results = _race(20, create)
         winners = [r for r in results if isinstance(r, Record)]
         self.assertEqual(len(winners), 1, results)
@@ -185,7 +207,7 @@ class PartitionContract:
             def make(current, now):
                 return Record(BUCKET, b"counter", b"%d" % (int(current.value) + 1),
                               current.version + 1, current.created_us, now, None, False)
-            return self.partition.write(BUCKET, b"counter", make)
+            return self.partition.write(WriteRequest(BUCKET, b"counter", make))
         results = _race(30, increment)
         self.assertEqual(sorted(record.version for record, _ in results), list(range(2, 32)))
         self.assertTrue(all(previous.version == record.version - 1 for record, previous in results))
@@ -235,13 +257,13 @@ class PartitionContract:
             self.assertEqual((record.version, previous.value), (2, b"old"))
             self.assertEqual(self.partition.read(BUCKET, key).value, value + key)
         for call in fast.call_args_list:
-            self.assertLessEqual(sum(len(item[4][0]) for item in call.args[1]), 4 << 20)
+            self.assertLessEqual(sum(len(item.overwrite[0]) for item in call.args[1]), 4 << 20)
 
     def test_one_transaction_may_hold_more_than_one_packet_of_writes(self):
         value = b"v" * (1 << 20)
         keys = [b"big-%d" % i for i in range(12)]        # 12 MiB: three 4 MiB packets
 
-        def apply(current, now):
+        def apply(current, now, unknown):
             return {k: Record(BUCKET, k, value + k, 1, now, now, None, False) for k in keys}
         self.partition.write_many(BUCKET, keys, apply)
         for key in keys:
@@ -278,6 +300,50 @@ class PartitionContract:
         self.assertIn("kv_rows_tombstone_us", names)
         self.assertNotIn("kv_rows_tombstones", names)
 
+    def _epochs(self):
+        return {r.key: epoch for epoch, r in self.partition.rows_by(
+            "change_epoch", (-1, b"", b""), 100)}
+
+    def test_client_writes_carry_the_open_change_epoch_and_sync_copies_zero(self):
+        _put(self.partition, b"a", b"1")
+        closed = self.partition.close_epoch()
+        _put(self.partition, b"b", b"1")
+        _overwrite(self.partition, b"a", b"2")
+        copy = Record(BUCKET, b"c", b"copied", 1, 1, 1, None, False)
+        self.assertEqual(self.partition.store_if_newer([copy]), [copy])
+        self.assertEqual(self._epochs(), {b"a": closed + 1, b"b": closed + 1, b"c": 0})
+        self.assertEqual(self.partition.close_epoch(), closed + 1)
+
+    def test_closing_an_epoch_waits_for_the_writes_that_read_it(self):
+        """close_epoch returns only once a write that took the old epoch has
+        committed, so a scan of the closed epochs never misses a late commit."""
+        started, release = threading.Event(), threading.Event()
+
+        def make(current, now):
+            started.set()
+            release.wait(5)
+            return Record(BUCKET, b"slow", b"v", 1, now, now, None, False)
+        writer = threading.Thread(target=self.partition.write,
+                                  args=(WriteRequest(BUCKET, b"slow", make),))
+        writer.start()
+        self.assertTrue(started.wait(5))
+        threading.Timer(0.1, release.set).start()
+        closed = self.partition.close_epoch()
+        self.assertIsNotNone(self.partition.read(BUCKET, b"slow"), "closed before the commit")
+        self.assertLessEqual(self._epochs()[b"slow"], closed)
+        writer.join(5)
+
+    def test_state_rows_are_stamped_by_the_partition_clock(self):
+        seen = []
+        self.assertTrue(self.partition.set_state(b"lease", b"me"))
+        self.assertFalse(self.partition.set_state(b"lease", b"you",
+                                                  unless=lambda c, now: seen.append((c, now)) or True))
+        (value, updated), now = seen[0]
+        self.assertEqual(value, b"me")
+        self.assertLessEqual(updated, now)
+        self.assertLess(abs(now - self.partition.clock_us()), 60_000_000)
+        self.assertEqual(self.partition.get_state(b"lease"), (b"me", updated))
+
     def test_driver_failure_is_unavailable_on_every_public_method(self):
         error = self.partition.driver_errors[0]("injected failure")
         calls = {
@@ -286,6 +352,17 @@ class PartitionContract:
             "write": lambda: _put(self.partition, b"k", b"v"),
             "ping": self.partition.ping,
             "apply_schema": self.partition.apply_schema,
+            "read_many": lambda: self.partition.read_many([(BUCKET, b"k")]),
+            "write_many": lambda: self.partition.write_many(BUCKET, [b"k"], lambda c, n, u: {}),
+            "store_if_newer": lambda: self.partition.store_if_newer([]),
+            "delete_if_unchanged": lambda: self.partition.delete_if_unchanged(
+                [Record(BUCKET, b"k", b"", 1, 1, 1, None, False)]),
+            "rows_by": lambda: self.partition.rows_by("change_epoch", (0, b"", b""), 10),
+            "rows_after": lambda: self.partition.rows_after((b"", b""), 10),
+            "get_state": lambda: self.partition.get_state(b"x"),
+            "set_state": lambda: self.partition.set_state(b"x", b"y"),
+            "clock_us": self.partition.clock_us,
+            "close_epoch": self.partition.close_epoch,
         }
         for name, call in calls.items():
             self.partition._down_until = 0
@@ -471,3 +548,52 @@ class StoreContract:
         down._down_until = 0
         reads = self.store.batch(BUCKET, [{"op": "get", "key": k} for k in keys])
         self.assertEqual([r.value for r in reads], keys)
+
+    def _owner_down(self, key):
+        """Write ``key`` on its whole placement, then take its first partition down."""
+        record, _, _ = self.store.put(BUCKET, key, b"v")
+        first, second = self.store.placement(BUCKET, key)[:2]
+        second.store_if_newer([first.read(BUCKET, key)])
+        first._down_until = float("inf")
+        self.addCleanup(setattr, first, "_down_until", 0)
+        return record, first
+
+    def test_writes_decided_on_the_current_copy_answer_503_when_it_is_unreachable(self):
+        """API.md: a delete, If-Match, If-None-Match or create-only write is not
+        decided on a stale replica; an unconditional put still commits."""
+        record, first = self._owner_down(b"k")
+        for call in (lambda: self.store.delete(BUCKET, b"k"),
+                     lambda: self.store.delete(BUCKET, b"k", Condition(if_match="*")),
+                     lambda: self.store.put(BUCKET, b"k", b"w", condition=Condition(if_match="*")),
+                     lambda: self.store.put(BUCKET, b"k", b"w",
+                                            condition=Condition(if_match=(record.etag,))),
+                     lambda: self.store.put(BUCKET, b"k", b"w",
+                                            condition=Condition(if_none_match="*")),
+                     lambda: self.store.put(BUCKET, b"k", b"w",
+                                            condition=Condition(create_only=True))):
+            with self.assertRaises(datastore.PartitionUnavailable) as caught:
+                call()
+            self.assertIn(first.name, caught.exception.partitions)
+        ops = [{"op": "delete", "key": b"k"}, {"op": "put", "key": b"k", "value": b"x",
+                                               "if_none_match": "*"},
+               {"op": "put", "key": b"k", "value": b"y"}]
+        results = self.store.batch(BUCKET, ops)
+        self.assertIsInstance(results[0], datastore.PartitionUnavailable)
+        self.assertIsInstance(results[1], datastore.PartitionUnavailable)
+        self.assertEqual(results[2][0].value, b"y")
+        self.assertEqual(self.store.put(BUCKET, b"k", b"z")[0].value, b"z")
+        first._down_until = 0
+        self.assertEqual(self.store.get(BUCKET, b"k")[0].value, b"v")  # until sync copies z
+
+    def test_a_delete_of_a_key_only_an_unreachable_partition_holds_is_503_not_404(self):
+        key = b"only-on-first"
+        first = self.store.placement(BUCKET, key)[0]
+        _put(first, key, b"v")
+        first._down_until = float("inf")
+        self.addCleanup(setattr, first, "_down_until", 0)
+        with self.assertRaises(datastore.PartitionUnavailable):
+            self.store.delete(BUCKET, key)
+        with self.assertRaises(datastore.PartitionUnavailable):
+            self.store.put(BUCKET, key, b"w", condition=Condition(create_only=True))
+        first._down_until = 0
+        self.assertEqual(self.store.get(BUCKET, key)[0].value, b"v")

@@ -50,6 +50,36 @@ class MariaDBPartitionTest(PartitionContract, unittest.TestCase):
         self.assertEqual(self.partition.read_many([(b"default", b"k")]), {})
 
 
+    def test_a_slow_row_lock_answers_busy_and_marks_nothing_down(self):
+        """A lock wait longer than the read timeout is cut by the server
+        (max_statement_time) as busy: the partition is not marked down."""
+        import MySQLdb
+        from partition_contract import _put
+        _put(self.partition, b"locked", b"v")
+        holder = MySQLdb.connect(host="127.0.0.1", port=self.partition.settings.port, user="kv",
+                                 password=dbservers.PASSWORD, database="kv")
+        self.addCleanup(holder.close)
+        cursor = holder.cursor()
+        cursor.execute("START TRANSACTION")
+        cursor.execute("SELECT * FROM kv_rows WHERE k = 'locked' FOR UPDATE")
+        with self.assertRaises(PartitionUnavailable) as caught:
+            _put(self.partition, b"locked", b"w")
+        self.assertFalse(caught.exception.down)
+        self.assertEqual(caught.exception.reason, "busy")
+        self.assertEqual(self.partition._down_until, 0)
+        holder.rollback()
+        self.assertEqual(_put(self.partition, b"locked", b"w").version, 2)
+
+    def test_a_full_connection_pool_answers_busy_and_marks_nothing_down(self):
+        import sqlalchemy.exc
+        with mock.patch.object(self.partition, "_acquire",
+                               side_effect=sqlalchemy.exc.TimeoutError("pool")):
+            with self.assertRaises(PartitionUnavailable) as caught:
+                self.partition.read_many([(b"default", b"k")])
+        self.assertFalse(caught.exception.down)
+        self.assertEqual(self.partition._down_until, 0)
+
+
 class SQLiteStoreTest(StoreContract, unittest.TestCase):
     def make_store(self):
         self.dir = tempfile.mkdtemp(prefix="kv-sqlite-")
