@@ -37,6 +37,9 @@ __all__ = [
 log = logging.getLogger("kv.datastore")
 
 MAX_KEY_BYTES = 512
+LIST_READ_AHEAD = 1000          # rows per listing query at most
+LIST_ROW_BUDGET = 10000         # rows a listing page examines at most (then it ends with next)
+LIST_VALUE_BYTES = 8 << 20      # bytes of values in one values=true page at most (or one value)
 MAX_TTL_SECONDS = 315360000  # ten years, API.md
 DEFAULT_BUCKET = b"default"
 _CONTROL = frozenset(range(0x20)) | {0x7F}
@@ -141,25 +144,28 @@ class Listing:
 
 
 class _Stream:
-    """A lazily fetched, sorted stream of one partition's rows for a listing."""
+    """A lazily fetched, sorted stream of one partition's rows for a listing,
+    without values: (record, value size) pairs.  Each query reads twice as
+    many rows as the one before, from ``batch`` up to LIST_READ_AHEAD, so a
+    range full of tombstones costs a few queries, not one per page item."""
 
-    def __init__(self, partition, bucket, start, inclusive, end, values, batch):
+    def __init__(self, partition, bucket, start, inclusive, end, batch):
         self.partition, self.bucket, self.end = partition, bucket, end
-        self.values, self.batch = values, batch
+        self.batch = batch
         self.position = (start, inclusive)
-        self.rows: List[Record] = []
+        self.rows: List[Tuple[Record, int]] = []
         self.index = 0
         self.exhausted = False
 
-    def peek(self) -> Optional[Record]:
+    def peek(self) -> Optional[Tuple[Record, int]]:
         if self.index >= len(self.rows) and not self.exhausted:
             start, inclusive = self.position
-            self.rows = self.partition.scan(self.bucket, start, inclusive, self.end,
-                                            self.batch, self.values)
+            self.rows = self.partition.scan(self.bucket, start, inclusive, self.end, self.batch)
             self.index = 0
             self.exhausted = len(self.rows) < self.batch
+            self.batch = min(self.batch * 2, LIST_READ_AHEAD)
             if self.rows:
-                self.position = (self.rows[-1].key, False)
+                self.position = (self.rows[-1][0].key, False)
         return self.rows[self.index] if self.index < len(self.rows) else None
 
     def pop(self) -> None:
@@ -167,7 +173,7 @@ class _Stream:
 
     def seek(self, key: bytes) -> None:
         """Skip every row with a key below ``key``."""
-        while self.index < len(self.rows) and self.rows[self.index].key < key:
+        while self.index < len(self.rows) and self.rows[self.index][0].key < key:
             self.index += 1
         if self.index >= len(self.rows) and not self.exhausted:
             self.position = (key, True)
@@ -461,8 +467,15 @@ class Datastore:
         Each live key appears once (the newest copy wins, tombstones hide older
         copies).  With a delimiter, keys containing it after the prefix are
         rolled up into one common prefix each, as S3 ListObjectsV2 does; a
-        prefix counts as one entry towards ``limit``.  Memory is bounded by
-        partitions x (limit + 1) rows.
+        prefix counts as one entry towards ``limit``.
+
+        Every page is bounded before the work: it examines at most
+        LIST_ROW_BUDGET rows (tombstones and expired rows included) and, with
+        ``values``, holds at most LIST_VALUE_BYTES of values (or one value,
+        when a single one is larger); a page cut short by a budget has fewer
+        than ``limit`` entries (maybe none) and a ``next`` cursor.  Values
+        are read only for the keys of the page, after the merge.  Memory is
+        bounded by partitions x LIST_READ_AHEAD keys plus the value budget.
 
         :param bytes prefix: only keys starting with these bytes.
         :param bytes delimiter: roll-up delimiter, or empty for none.
@@ -482,11 +495,12 @@ class Datastore:
             if position[0] >= prefix:
                 start, inclusive = position
         end = _successor(prefix) if prefix else None
-        streams = [_Stream(p, bucket, start, inclusive, end, values, limit + 1)
+        streams = [_Stream(p, bucket, start, inclusive, end, min(limit + 1, LIST_READ_AHEAD))
                    for p in (self.partitions[n] for n in self.names)]
         unavailable: List[str] = []
         now = now_us()
-        entries = []  # (record or None, prefix or None, resume position)
+        entries = []  # (record or None, prefix or None, resume position, source partition)
+        examined, value_bytes, cut, last = 0, 0, None, None
         while len(entries) <= limit:
             heads = []
             for stream in list(streams):
@@ -502,29 +516,54 @@ class Datastore:
                     heads.append((stream, head))
             if not heads:
                 break
-            key = min(head.key for _, head in heads)
-            copies = [head for _, head in heads if head.key == key]
-            for stream, head in heads:
-                if head.key == key:
-                    stream.pop()
-            winner = max(copies, key=winner_key)
+            if examined >= LIST_ROW_BUDGET:
+                cut = last
+                break
+            key = min(head[0].key for _, head in heads)
+            copies = [(head, stream) for stream, head in heads if head[0].key == key]
+            for _, stream in copies:
+                stream.pop()
+            examined += len(copies)
+            (winner, size), source = max(copies, key=lambda c: winner_key(c[0][0]))
+            last = (key, False)
             if not winner.is_live(now):
                 continue
-            cut = key.find(delimiter, len(prefix)) if delimiter else -1
-            if cut >= 0:
-                common = key[:cut + len(delimiter)]
+            cut_at = key.find(delimiter, len(prefix)) if delimiter else -1
+            if cut_at >= 0:
+                common = key[:cut_at + len(delimiter)]
                 resume = _successor(common)
                 for stream in streams:
                     stream.seek(resume)
-                entries.append((None, common, (resume, True)))
-            else:
-                entries.append((winner, None, (key, False)))
-        next_cursor = None
+                last = (resume, True)
+                entries.append((None, common, last, None))
+                continue
+            if values and entries and value_bytes + size > LIST_VALUE_BYTES \
+                    and len(entries) < limit:
+                cut = entries[-1][2]
+                break
+            value_bytes += size
+            entries.append((winner, None, (key, False), source.partition))
+        next_cursor = encode_cursor(cut) if cut else None
         if len(entries) > limit:
             entries = entries[:limit]
             next_cursor = encode_cursor(entries[-1][2])
-        return Listing([e[0] for e in entries if e[0] is not None],
-                       [e[1] for e in entries if e[1] is not None], next_cursor, unavailable, values)
+        items = [e for e in entries if e[0] is not None]
+        records = self._with_values(bucket, items, now) if values else [e[0] for e in items]
+        return Listing(records, [e[1] for e in entries if e[1] is not None], next_cursor,
+                       unavailable, values)
+
+    def _with_values(self, bucket: bytes, items: list, now: int) -> List[Record]:
+        """The records of a listing page's items with their values, read from
+        the partition each came from (one query per partition); a key written
+        since the scan shows its new state, a key deleted since is left out."""
+        groups: dict = {}
+        for record, _, _, partition in items:
+            groups.setdefault(partition, []).append(record.key)
+        found: dict = {}
+        for partition, keys in groups.items():
+            found.update(partition.read_many([(bucket, k) for k in keys]))
+        records = (found.get((bucket, record.key)) for record, _, _, _ in items)
+        return [r for r in records if r is not None and r.is_live(now)]
 
     # -- health ----------------------------------------------------------
     def health(self) -> List[Tuple[str, str, Optional[str]]]:

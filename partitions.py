@@ -328,17 +328,19 @@ class Partition:
         return [found.get(item) for item in items]
 
     def scan(self, bucket: bytes, start: bytes, inclusive: bool, end: Optional[bytes],
-             limit: int, values: bool = False) -> List[Record]:
-        """Rows of ``bucket`` with start <(=) key < end in key byte order.
+             limit: int) -> List[Tuple[Record, int]]:
+        """Rows of ``bucket`` with start <(=) key < end in key byte order,
+        without their values (a listing reads the values of the keys it
+        returns afterwards, within its byte budget).
 
         :param bytes start: first key (``inclusive``) or the key to start after.
         :param bytes end: exclusive upper bound, or None.
         :param int limit: at most this many rows.
-        :param bool values: False returns empty values (cheaper).
-        :returns: list of :class:`Record`, tombstones and expired rows included.
+        :returns: list of (:class:`Record` with an empty value, the value's
+            size in bytes), tombstones and expired rows included.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        sql = ("SELECT " + (_COLUMNS if values else _NO_VALUE) + " FROM kv_rows WHERE bucket = %s"
+        sql = ("SELECT " + _NO_VALUE + ", LENGTH(value) FROM kv_rows WHERE bucket = %s"
                " AND k " + (">=" if inclusive else ">") + " %s")
         params = [bucket, start]
         if end is not None:
@@ -348,7 +350,7 @@ class Partition:
         params.append(limit)
         with self._cursor() as cursor:
             cursor.execute(self._sql(sql), params)
-            return [_record(row) for row in cursor.fetchall()]
+            return [(_record(row), row[8]) for row in cursor.fetchall()]
 
     def write(self, request: WriteRequest) -> Tuple[Record, Optional[Record]]:
         """Atomically read-check-write one key (a :class:`WriteRequest`).

@@ -151,21 +151,19 @@ class PartitionContract:
         keys = [b"a", b"a/b", b"a0", b"b", "é".encode(), b"Z", "😀".encode(), b"ab"]
         for key in keys:
             _put(self.partition, key, b"x")
-        everything = [r.key for r in self.partition.scan(BUCKET, b"", True, None, 100)]
+        everything = [r.key for r, _ in self.partition.scan(BUCKET, b"", True, None, 100)]
         self.assertEqual(everything, sorted(keys))
-        self.assertEqual([r.key for r in self.partition.scan(BUCKET, b"a", False, b"b", 100)],
+        self.assertEqual([r.key for r, _ in self.partition.scan(BUCKET, b"a", False, b"b", 100)],
                          [b"a/b", b"a0", b"ab"])
-        self.assertEqual([r.key for r in self.partition.scan(BUCKET, b"a", True, None, 2)],
+        self.assertEqual([r.key for r, _ in self.partition.scan(BUCKET, b"a", True, None, 2)],
                          [b"a", b"a/b"])
 
-    def test_scan_includes_tombstones_and_can_omit_values(self):
+    def test_scan_includes_tombstones_and_gives_sizes_not_values(self):
         _put(self.partition, b"dead", b"", deleted=True)
         _put(self.partition, b"live", b"value")
         rows = self.partition.scan(BUCKET, b"", True, None, 10)
-        self.assertEqual([(r.key, r.deleted) for r in rows], [(b"dead", True), (b"live", False)])
-        self.assertEqual(self.partition.scan(BUCKET, b"live", True, None, 1, values=True)[0].value,
-                         b"value")
-        self.assertEqual(self.partition.scan(BUCKET, b"live", True, None, 1)[0].value, b"")
+        self.assertEqual([(r.key, r.deleted, r.value, size) for r, size in rows],
+                         [(b"dead", True, b"", 0), (b"live", False, b"", 5)])
 
     def test_largest_value_round_trips(self):
         value = bytes(range(256)) * (65536 - 1) + b"x" * 255   # 16 MiB - 1 bytes
@@ -484,6 +482,60 @@ class StoreContract:
             if not cursor:
                 break
         self.assertEqual(seen, expected)
+
+    def _walk(self, **kwargs):
+        """Every page of a listing: (keys, values, pages)."""
+        keys, values, pages, cursor = [], [], 0, None
+        while True:
+            page = self.store.list(BUCKET, cursor=cursor, **kwargs)
+            keys += [r.key for r in page.items]
+            values += [r.value for r in page.items]
+            pages, cursor = pages + 1, page.next
+            if not cursor:
+                return keys, values, pages
+
+    def _tombstones(self, count):
+        for start in range(0, count, 1000):
+            keys = [b"gone-%05d" % i for i in range(start, min(start + 1000, count))]
+            self.store.batch(BUCKET, [{"op": "put", "key": k, "value": b"v"} for k in keys])
+            self.store.batch(BUCKET, [{"op": "delete", "key": k} for k in keys])
+        self.store.put(BUCKET, b"live", b"v")
+
+    def test_a_listing_over_many_tombstones_reads_ahead_in_large_chunks(self):
+        self._tombstones(5000)
+        scans = []
+        for partition in self.store.partitions.values():
+            real = partition.scan
+            patch = mock.patch.object(partition, "scan", side_effect=lambda *a, real=real:
+                                      scans.append(a) or real(*a))
+            patch.start()
+            self.addCleanup(patch.stop)
+        page = self.store.list(BUCKET, limit=1)
+        self.assertEqual([r.key for r in page.items], [b"live"])
+        self.assertLessEqual(len(scans), 3 * 12)          # 2, 4, 8, ... 1000 rows a query
+
+    def test_a_page_ends_at_the_row_budget_with_a_cursor(self):
+        self._tombstones(700)
+        with mock.patch.object(datastore, "LIST_ROW_BUDGET", 100):
+            page = self.store.list(BUCKET, limit=5)
+            self.assertEqual((page.items, page.prefixes), ([], []))
+            self.assertIsNotNone(page.next)
+            keys, _, pages = self._walk(limit=5)
+        self.assertEqual(keys, [b"live"])
+        self.assertGreaterEqual(pages, 700 // 100)            # one row a key (no sync ran)
+
+    def test_a_page_of_values_ends_at_the_byte_budget(self):
+        keys = [b"v%02d" % i for i in range(20)]
+        self.store.batch(BUCKET, [{"op": "put", "key": k, "value": k * 500} for k in keys])
+        with mock.patch.object(datastore, "LIST_VALUE_BYTES", 3000):
+            page = self.store.list(BUCKET, limit=100, values=True)
+            self.assertEqual([r.key for r in page.items], keys[:2])     # 1,500 bytes each
+            self.assertIsNotNone(page.next)
+            listed, values, _ = self._walk(limit=100, values=True)
+            self.assertEqual((listed, values), (keys, [k * 500 for k in keys]))
+            with mock.patch.object(datastore, "LIST_VALUE_BYTES", 10):
+                page = self.store.list(BUCKET, limit=100, values=True)   # one value at least
+                self.assertEqual([r.value for r in page.items], [keys[0] * 500])
 
     def test_listing_prefix_and_delimiter(self):
         for key in (b"a", b"dir/x", b"dir/y", b"dir/sub/z", b"dis", b"e/f", b"e/g"):

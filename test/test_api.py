@@ -285,7 +285,7 @@ class ApiContract:
             self.put(key, key.encode(), status=201)
         listing = json.loads(self.get("/keys").body)
         self.assertEqual([i["key"] for i in listing["items"]], keys)
-        self.assertEqual(set(listing["items"][0]), {"key", "version", "modified"})
+        self.assertEqual(set(listing["items"][0]), {"key", "version", "modified", "expires"})
         self.assertIsNone(listing["next"])
         seen, path = [], "/keys?limit=2"
         while path:

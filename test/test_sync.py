@@ -22,7 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = b"default"
 
 
-class SyncTest(unittest.TestCase):
+class SyncHarness:
+    """Four shared MariaDB servers, emptied, and helpers to run and check passes."""
+
     def setUp(self):
         self.servers = dbservers.shared(4)
         for server in self.servers:
@@ -32,8 +34,8 @@ class SyncTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.store = self.make_store(3)
 
-    def make_store(self, count, batch_size=1000):
-        settings = Settings("test", 1048576, 16777216, 2,
+    def make_store(self, count, batch_size=1000, replicas=2):
+        settings = Settings("test", 1048576, 16777216, replicas,
                             tuple(s.settings("partition-%d" % (i + 1))
                                   for i, s in enumerate(self.servers[:count])),
                             SyncSettings(tombstone_days=7, batch_size=batch_size))
@@ -72,6 +74,8 @@ class SyncTest(unittest.TestCase):
     def up(self, store, name):
         store.partitions[name]._down_until = 0
 
+
+class SyncTest(SyncHarness, unittest.TestCase):
     def test_writes_converge_on_every_replica(self):
         for i in range(300):
             self.store.put(B, b"k%d" % i, b"v%d" % i)
@@ -326,3 +330,103 @@ class SyncTest(unittest.TestCase):
         self.assertIn("copied=%d " % owned, out)
         self.assertEqual(self.sync(check=True, only="partition-1")[0], 0)
         self.assertEqual(self.sync(check=True)[0], 2)
+
+
+class DataSafetyTest(SyncHarness, unittest.TestCase):
+    """Change order, stranded writes, replicas and the lease (the data-safety issue)."""
+
+    def test_a_web_node_whose_clock_runs_ahead_stops_no_other_write_from_replicating(self):
+        with clock_offset(60):
+            for i in range(20):
+                self.store.put(B, b"fast-%d" % i, b"v")
+        self.assertEqual(self.sync()[0], 0)
+        for i in range(20):
+            self.store.put(B, b"right-%d" % i, b"v")
+        code, out = self.sync()
+        self.assertIn("copied=20 ", out)
+        self.assert_converged()
+
+    def test_an_idle_pass_reads_nothing_and_says_when_it_started(self):
+        for start in range(0, 3000, 1000):
+            self.store.batch(B, [{"op": "put", "key": b"k%05d" % i, "value": b"v"}
+                                 for i in range(start, start + 1000)])
+        code, out = self.sync()
+        self.assertIn("copied=3000 ", out)
+        code, out = self.sync()
+        self.assertIn("scanned=0 copied=0 ", out)
+        self.assertRegex(out, r"sync: pass started \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ by ")
+
+    def test_raising_replicas_completes_every_placement(self):
+        single = self.make_store(3, replicas=1)
+        keys = [b"r%03d" % i for i in range(103)]
+        for key in keys:
+            single.put(B, key, b"value " + key)
+        self.assertEqual(self.sync(single)[0], 0)
+        self.assertEqual({len(names) for names in self.holders(3).values()}, {1})
+        code, out = self.sync()                  # self.store: replicas = 2
+        self.assertEqual(code, 0, out)
+        self.assert_converged()
+        self.assertEqual({len(names) for names in self.holders(3).values()}, {2})
+
+    def test_an_old_configuration_node_writing_through_a_partition_addition_loses_nothing(self):
+        """A web node not yet restarted with the 4th partition keeps writing
+        (puts and deletes) while sync moves keys: afterwards every key reads
+        as the last acknowledged write, and --verify finds nothing."""
+        keys = [b"user:%04d" % i for i in range(400)]
+        for key in keys:
+            self.store.put(B, key, b"first " + key)
+        self.assertEqual(self.sync()[0], 0)
+        self.servers[3].apply_schema()
+        store4 = self.make_store(4)
+        expected, stop = {key: b"first " + key for key in keys}, threading.Event()
+
+        def old_node():
+            round = 0
+            while not stop.is_set():
+                round += 1
+                for i, key in enumerate(keys):
+                    try:
+                        if (i + round) % 7 == 0:
+                            self.store.delete(B, key)
+                            expected[key] = None
+                        else:
+                            value = b"round %d " % round + key
+                            self.store.put(B, key, value)
+                            expected[key] = value
+                    except KeyNotFound:
+                        expected[key] = None
+        writer = threading.Thread(target=old_node)
+        writer.start()
+        try:
+            for _ in range(3):
+                self.sync(store4)
+        finally:
+            stop.set()
+            writer.join()
+        for _ in range(2):
+            code, out = self.sync(store4)
+        self.assertEqual(code, 0, out)
+        self.assert_converged(store4, count=4)
+        for key, value in expected.items():
+            if value is None:
+                with self.assertRaises(KeyNotFound, msg=key):
+                    store4.get(B, key)
+            else:
+                self.assertEqual(store4.get(B, key)[0].value, value, key)
+
+    def test_losing_the_lease_partition_mid_pass_ends_the_pass_cleanly(self):
+        for i in range(300):
+            self.store.put(B, b"k%d" % i, b"v")
+        real = sync.converge
+
+        def converge_then_lose_the_lease(pass_, name, rows):
+            self.down(self.store, "partition-1")            # it holds the lease
+            return real(pass_, name, rows)
+        with mock.patch.object(sync, "converge", converge_then_lose_the_lease):
+            code, out = self.sync()
+        self.assertEqual(code, 1, out)
+        self.assertRegex(out, r"sync: scanned=\d+ copied=\d+ moved=0 purged=0 conflicts=0 "
+                              r"skipped=\d+ \(partition-1.*\) seconds=")
+        self.up(self.store, "partition-1")
+        self.assertEqual(self.sync()[0], 0)
+        self.assert_converged()
