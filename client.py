@@ -134,21 +134,24 @@ class Record:
 
     ``value`` is bytes; ``version`` counts writes from 1; ``etag`` is the
     quoted strong ETag for If-Match; ``created``, ``modified`` and ``expires``
-    (None: never) are aware UTC datetimes with microseconds.
+    (None: never) are aware UTC datetimes with microseconds.  A record from a
+    listing (:meth:`Store.iter_records`) has no ``etag`` and no ``created``
+    (None): listing items do not carry them.
     """
     key: str
     value: bytes
     version: int
     etag: Optional[str]
-    created: datetime.datetime
+    created: Optional[datetime.datetime]
     modified: datetime.datetime
     expires: Optional[datetime.datetime]
 
     @classmethod
     def from_json(cls, doc: dict, etag: Optional[str] = None) -> "Record":
-        """Build from an API.md JSON record and the response's ETag."""
+        """Build from an API.md JSON record (or a values=true list item) and
+        the response's ETag."""
         return cls(doc["key"], decode_value(doc), doc["version"], etag,
-                   parse_time(doc["created"]), parse_time(doc["modified"]),
+                   parse_time(doc.get("created")), parse_time(doc["modified"]),
                    parse_time(doc.get("expires")))
 
 
@@ -347,9 +350,16 @@ class Store:
             yield item["key"], decode_value(item)
 
     def records(self, prefix: Optional[str] = None) -> Iterator[dict]:
-        """The raw JSON items of a values=true listing (key, value, encoding, ...)."""
+        """The raw JSON items of a values=true listing: key, value, encoding,
+        version, modified and expires (RFC 3339 UTC, or None: never)."""
         for page in self.pages(prefix, values=True):
             yield from page["items"]
+
+    def iter_records(self, prefix: Optional[str] = None) -> Iterator[Record]:
+        """Every live key starting with ``prefix`` as a :class:`Record`, with its
+        value and expiry, lazily; ``etag`` and ``created`` are None (a listing
+        does not carry them)."""
+        return map(Record.from_json, self.records(prefix))
 
     # many at once
     def batch(self, ops: List[dict]) -> List[dict]:

@@ -13,6 +13,7 @@ import base64
 import concurrent.futures
 import csv
 import json
+import math
 import os
 import sys
 import threading
@@ -139,23 +140,28 @@ def read_tsv(path):
 
 
 def read_jsonl(stream):
-    """(key, value bytes, ttl seconds or None) of ``kv dump`` lines."""
-    now = time.time()
+    """(key, value bytes, expires) of ``kv dump`` lines; ``expires`` is the
+    expiry in seconds since the epoch (a float), or None for no expiry."""
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
-            value = client.decode_value(doc)
-            ttl = None
-            if doc.get("expires"):
-                remaining = client.parse_time(doc["expires"]).timestamp() - now
-                if remaining <= 0:
-                    continue                       # expired since the dump
-                ttl = max(1, int(remaining + 0.999))
-            yield doc["key"], value, ttl
-        except (ValueError, KeyError, TypeError) as e:
+            expires = client.parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
+            yield doc["key"], client.decode_value(doc), expires
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
+
+
+def ttl_of(expires, now: float):
+    """The TTL to send for a row expiring at ``expires`` (seconds since the
+    epoch, or None): the remaining seconds rounded up, so a restored key
+    expires no earlier than the dumped one (and less than 1 s later, plus the
+    request's latency and the clock difference between this host and the
+    servers).  None for no expiry; 0 when the row has expired by ``now``."""
+    if expires is None:
+        return None
+    return max(0, math.ceil(expires - now))
 
 
 def _jsonl_rows(path):
@@ -167,35 +173,50 @@ def _jsonl_rows(path):
 
 
 class _Loader:
-    """Sends rows in batches of 1000 over N connections, resumably."""
+    """Sends rows (key, value, expires) in batches of 1000 over N connections,
+    resumably.  A row's TTL is computed when its batch is sent (:func:`ttl_of`);
+    rows expired by then are not sent, and their keys are kept in ``expired``."""
 
     def __init__(self, args):
         self.args = args
         self.local = threading.local()
+        self.expired = []
 
     def store(self):
         if not hasattr(self.local, "store"):
             self.local.store = client.connect(self.args.url, timeout=self.args.timeout)
         return self.local.store
 
+    def live(self, chunk):
+        """[(key, value, ttl or None)] of the rows of ``chunk`` not expired now."""
+        now, rows = time.time(), []
+        for key, value, expires in chunk:
+            ttl = ttl_of(expires, now)
+            if ttl == 0:
+                self.expired.append(key)
+            else:
+                rows.append((key, value, ttl))
+        return rows
+
     def put(self, chunk):
+        rows = self.live(chunk)
         ops = []
-        for key, value, ttl in chunk:
+        for key, value, ttl in rows:
             op = {"op": "put", "key": key, "value": base64.b64encode(value).decode("ascii"),
                   "encoding": "base64"}
             if ttl:
                 op["ttl"] = ttl
             ops.append(op)
         try:
-            results = self.store().batch(ops)
+            results = self.store().batch(ops) if ops else []
         except client.NotFound:          # a server without POST /batch: one PUT per row
-            return self.put_each(chunk)
+            return self.put_each(rows)
         return [(key, r["status"], (r.get("error") or {}).get("message"))
-                for (key, _, _), r in zip(chunk, results) if r["status"] not in (200, 201)]
+                for (key, _, _), r in zip(rows, results) if r["status"] not in (200, 201)]
 
-    def put_each(self, chunk):
+    def put_each(self, rows):
         failures = []
-        for key, value, ttl in chunk:
+        for key, value, ttl in rows:
             try:
                 self.store().put(key, value, ttl=ttl)
             except client.KVError as e:
@@ -204,8 +225,10 @@ class _Loader:
 
     def check(self, chunk):
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
-        return [(key, r["status"], "differs") for (key, value, _), r in zip(chunk, results)
-                if r["status"] != 200 or client.decode_value(r["record"]) != value]
+        now = time.time()
+        return [(key, r["status"], "differs") for (key, value, expires), r in zip(chunk, results)
+                if (r["status"] != 200 or client.decode_value(r["record"]) != value)
+                and not (r["status"] == 404 and ttl_of(expires, now) == 0)]
 
 
 def _state_path(args) -> str:
@@ -269,22 +292,30 @@ def cmd_load(store, args, rows=None) -> int:
         os.remove(state_path)      # every batch was sent: a rerun starts over (failed rows too)
     if args.verify:
         failures += _run("verify", chunks, loader.check, args.connections)
-        failures += _check_listing(store, {k for k, _, _ in rows}, args)
+        failures += _check_listing(store, rows, args)
     for key, status, message in failures[:10]:
         print("failed: %r -> %s %s" % (key, status, message or ""), file=sys.stderr)
-    summary = {"rows": len(rows), "failed": len(failures)}
+    return _summary(args, rows, failures, loader.expired)
+
+
+def _summary(args, rows, failures, expired) -> int:
+    """Print what a load or restore did; the exit code."""
+    if expired:
+        print("skipped %d keys that had expired before they were sent, e.g. %r"
+              % (len(expired), sorted(expired)[:3]), file=sys.stderr)
     if args.json:
-        _print_json(summary)
+        _print_json({"rows": len(rows), "failed": len(failures), "expired": len(expired)})
     else:
-        print("%s: %d rows%s, %d failed" % ("OK" if not failures else "FAILED", len(rows),
-                                            " loaded and verified" if args.verify else " loaded",
-                                            len(failures)))
+        print("%s: %d rows%s, %d failed%s" % (
+            "OK" if not failures else "FAILED", len(rows),
+            " loaded and verified" if args.verify else " loaded", len(failures),
+            ", %d expired (not sent)" % len(expired) if expired else ""))
     return EXIT_OK if not failures else EXIT_UNAVAILABLE
 
 
-def _check_listing(store, expected, args):
+def _check_listing(store, rows, args):
     started, seen = time.monotonic(), []
-    with tqdm.tqdm(total=len(expected), unit="keys", desc="list", file=sys.stderr,
+    with tqdm.tqdm(total=len(rows), unit="keys", desc="list", file=sys.stderr,
                    disable=None) as bar:
         for page in store.pages():
             seen += [item["key"] for item in page["items"]]
@@ -297,7 +328,8 @@ def _check_listing(store, expected, args):
         problems.append(("(listing)", "-", "%d keys repeated" % (len(seen) - len(set(seen)))))
     if seen != sorted(seen, key=lambda k: k.encode("utf-8")):
         problems.append(("(listing)", "-", "not in byte order"))
-    missing = expected - set(seen)
+    now = time.time()                     # rows expired by the end of the walk may be absent
+    missing = {k for k, _, expires in rows if ttl_of(expires, now) != 0} - set(seen)
     if missing:
         problems.append(("(listing)", "-", "%d keys missing, e.g. %r" % (len(missing),
                                                                           sorted(missing)[:3])))
@@ -305,24 +337,34 @@ def _check_listing(store, expected, args):
 
 
 def cmd_dump(store, args) -> int:
+    """Write every live key as a JSON line: ``{"key", "value", "encoding"}``
+    and ``"expires"`` (RFC 3339 UTC) when the key has one: everything a client
+    can set, so that ``kv restore`` of the dump gives the same keys back."""
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    count = 0
+    count, without_expiry = 0, 0
     try:
         for page in store.pages(values=True):
             for item in page["items"]:
                 doc = {"key": item["key"], "value": item["value"], "encoding": item["encoding"]}
                 if item.get("expires"):
                     doc["expires"] = item["expires"]
+                without_expiry += "expires" not in item
                 out.write(json.dumps(doc, ensure_ascii=False) + "\n")
                 count += 1
     finally:
         if args.output:
             out.close()
+    if without_expiry:
+        print("dump: warning: the server's listing does not say when keys expire, so %d keys "
+              "will not expire once restored" % without_expiry, file=sys.stderr)
     print("dump: %d keys" % count, file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_restore(store, args) -> int:
+    """Load a ``kv dump``: each key with its value and, when it has an expiry,
+    the TTL left (rounded up) when it is sent; keys already expired then are
+    skipped and counted."""
     return cmd_load(store, args, _jsonl_rows(args.file))
 
 
@@ -384,7 +426,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "load":
             p.add_argument("--format", choices=["tsv", "jsonl"], help="default: by extension")
         p.set_defaults(run=run)
-    p = sub.add_parser("dump", parents=[common], help="every key and value as JSON lines")
+    p = sub.add_parser("dump", parents=[common],
+                      help="every key, value and expiry as JSON lines")
     p.add_argument("-o", "--output", help="file (default stdout)")
     p.set_defaults(run=cmd_dump)
     return main

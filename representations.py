@@ -93,7 +93,7 @@ def render_json(record=None, listing=None, error=None, batch=None, health=None, 
         items = []
         for r in listing.items:
             item = {"key": r.key.decode("utf-8"), "version": r.version,
-                    "modified": timestamp(r.modified_us)}
+                    "modified": timestamp(r.modified_us), "expires": timestamp(r.expires_us)}
             if listing.values:
                 item["value"], item["encoding"] = text_of(r.value)
             items.append(item)

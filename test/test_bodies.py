@@ -1,6 +1,7 @@
-"""Request bodies (bodies.py, through representations): the cost of parsing
-hostile POST /batch and record bodies is bounded by what a valid body holds,
-not by the body's size, and the refusals are 400s that apply nothing.
+"""Request bodies (bodies.py, through representations) and listing items:
+the cost of parsing hostile POST /batch and record bodies is bounded by what
+a valid body holds, not by the body's size, and the refusals are 400s that
+apply nothing; JSON and XML listing items carry ``expires``.
 
 The cost tests parse 16 MiB bodies (the default max_batch_bytes) in a child
 process each and read its peak RSS; the HTTP tests run the WSGI application
@@ -206,6 +207,20 @@ class HttpTest(unittest.TestCase):
         self.assertEqual(response.status, 400)
         self.assertIn(b"at most 1000 ops per batch", response.body)
         self.assertEqual(json.loads(self.req("GET", "/keys").body)["items"], [])
+
+    def test_listing_items_carry_expires(self):
+        self.assertEqual(self.req("PUT", "/keys/a", b"1", "text/plain").status, 201)
+        self.assertEqual(self.req("PUT", "/keys/b?ttl=60", b"2", "text/plain").status, 201)
+        expires = json.loads(self.req("GET", "/keys/b").body)["expires"]
+        self.assertTrue(expires.endswith("Z"))
+        for query in ("", "?values=true"):
+            items = json.loads(self.req("GET", "/keys" + query).body)["items"]
+            self.assertEqual([(i["key"], i["expires"]) for i in items],
+                             [("a", None), ("b", expires)])
+        for query in ("?format=xml", "?format=xml&values=true"):
+            root = ElementTree.fromstring(self.req("GET", "/keys" + query).body)
+            found = [(i.find("key").text, i.find("expires").text) for i in root.findall("item")]
+            self.assertEqual(found, [("a", None), ("b", expires)])
 
 
 if __name__ == "__main__":

@@ -145,6 +145,15 @@ class LibraryTest(unittest.TestCase):
         self.assertIsInstance(caught.exception, OSError)
         dead.close()
 
+    def test_listing_records_carry_expires(self):
+        self.store.put("a", b"1")
+        written = self.store.put("b", b"\xff", ttl=60)
+        records = list(self.store.iter_records())
+        self.assertEqual([(r.key, r.value, r.version, r.expires) for r in records],
+                         [("a", b"1", 1, None), ("b", b"\xff", 1, written.expires)])
+        self.assertEqual([r["expires"] for r in self.store.records()],
+                         [None, written.expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")])
+
 
 class _Scripted(http.server.BaseHTTPRequestHandler):
     """Answers 503 + Retry-After: 1 to the first request of each method, then 200."""
@@ -178,9 +187,13 @@ class LoadFallbackTest(unittest.TestCase):
         loader = kvcli._Loader(args)
         with mock.patch.object(client.Store, "batch",
                                side_effect=client.NotFound(404, "not_found", "no /batch")):
-            failures = loader.put([("a", b"1", None), ("b", b"2", 60), ("", b"x", None)])
+            failures = loader.put([("a", b"1", None), ("b", b"2", time.time() + 60),
+                                   ("", b"x", None), ("old", b"3", time.time() - 1)])
         self.assertEqual([(k, s) for k, s, _ in failures], [("", 400)])
-        self.assertEqual(client.connect(args.url).keys(), ["a", "b"])
+        self.assertEqual(loader.expired, ["old"])
+        store = client.connect(args.url)
+        self.assertEqual(store.keys(), ["a", "b"])
+        self.assertIsNotNone(store.get_record("b").expires)
 
 
 class RetryTest(unittest.TestCase):
@@ -264,8 +277,44 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(keys, ["pkg%04d" % i for i in range(2000, 2500)])
         self.assertFalse(os.path.exists(state))
         code, out, err = kv("load", path, "--verify", "--json")
-        self.assertEqual((code, json.loads(out)), (0, {"rows": 2500, "failed": 0}), err)
+        self.assertEqual((code, json.loads(out)), (0, {"rows": 2500, "failed": 0, "expired": 0}),
+                         err)
         self.assertEqual(json.loads(kv("get", "pkg0007", "--json")[1])["value"], '{"version": "1.0.7"}')
+
+    def test_dump_and_restore_keep_values_encodings_and_expiry(self):
+        store = client.connect(Service.start().url)
+        self.addCleanup(store.close)
+        store.put("text", "héllo")
+        store.put("binary", b"\x00\xff", ttl=3600)
+        store.put("soon", b"s", ttl=100)
+        first, second = os.path.join(self.dir, "first.jsonl"), os.path.join(self.dir, "second.jsonl")
+        self.assertEqual(kv("dump", "-o", first)[0], 0)
+        with open(first, "a") as f:           # a key that expired after the dump was taken
+            f.write('{"key": "gone", "value": "x", "encoding": "utf-8", '
+                    '"expires": "2020-01-01T00:00:00.000000Z"}\n')
+        Service.wipe()
+        code, out, err = kv("restore", first, "--state", os.path.join(self.dir, "s"), "--json")
+        self.assertEqual((code, json.loads(out)), (0, {"rows": 4, "failed": 0, "expired": 1}), err)
+        self.assertIn(b"skipped 1 keys that had expired before they were sent", err)
+        self.assertEqual(kv("dump", "-o", second)[0], 0)
+
+        def lines(path):
+            with open(path, encoding="utf-8") as f:
+                return {doc["key"]: doc for doc in map(json.loads, f)}
+        before, after = lines(first), lines(second)
+        self.assertEqual(sorted(k for k, doc in before.items() if "expires" in doc),
+                         ["binary", "gone", "soon"])
+        del before["gone"]
+        self.assertEqual(sorted(after), ["binary", "soon", "text"])
+        for key, doc in before.items():
+            self.assertEqual({k: after[key][k] for k in ("value", "encoding")},
+                             {k: doc[k] for k in ("value", "encoding")}, key)
+            self.assertEqual("expires" in after[key], "expires" in doc, key)
+            if "expires" in doc:                         # the TTL left, rounded up
+                late = (client.parse_time(after[key]["expires"])
+                        - client.parse_time(doc["expires"])).total_seconds()
+                self.assertTrue(0 <= late < 2, (key, late))
+        self.assertEqual(before["binary"]["encoding"], "base64")
 
     def test_dump_and_restore_of_the_whole_npm_data_set_is_byte_for_byte(self):
         code, out, err = kv("load", DATA, "--verify", "--connections", "4")
