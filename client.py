@@ -10,28 +10,41 @@
 Values are bytes; a ``str`` value is encoded as UTF-8.  Keys are ``str`` (or
 UTF-8 ``bytes``) and are percent-encoded on the wire, so ``#``, ``?``, ``%``,
 ``/``, quotes and brackets travel as they are.  One keep-alive
-``requests.Session`` per store.  Idempotent requests (GET, HEAD, PUT, DELETE)
-are retried with exponential backoff on connection errors and on 503,
-honouring ``Retry-After`` (urllib3's ``Retry``); POST (``create``, ``batch``)
-is never retried.  Errors mirror the API's error codes, see :class:`KVError`.
+``requests.Session`` per store.  Errors mirror the API's error codes, see
+:class:`KVError`.
+
+Retries (``retries`` per call, exponential backoff, honouring Retry-After):
+a request that could not connect never left, and is retried whatever its
+method.  GET and HEAD are retried after a 503 or a lost answer (a reset or
+closed connection, a read timeout), and so are PUT, DELETE and ``create``
+(POST /keys); but a write attempt whose answer was lost (or was a 503) may
+have taken effect (API.md: only a 2xx says a write is committed, only a 4xx
+that nothing was), so a later 404, 409 or 412 that it would explain is
+checked as :meth:`Store.put`, :meth:`Store.create` and :meth:`Store.delete`
+say.  When nothing can tell, :class:`Indeterminate` (an Unavailable) is
+raised.  ``batch`` is never retried once sent.
 """
 
 import base64
 import dataclasses
 import datetime
 import re
+import time
 import urllib.parse
 from typing import Iterator, List, Optional, Tuple, Union
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
-__all__ = ["connect", "Store", "Record", "decode_value", "parse_time", "KVError", "NotFound", "InvalidKey", "BadRequest",
-           "PreconditionFailed", "Conflict", "TooLarge", "Unavailable", "ServerError"]
+__all__ = ["connect", "Store", "Record", "decode_value", "parse_time", "KVError", "NotFound",
+           "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict", "TooLarge", "Unavailable",
+           "Indeterminate", "ServerError"]
 
 RAW = "application/octet-stream"
 PAGE = 1000
+BACKOFF_SECONDS = 0.1          # the first wait before a retry; doubled each time
 
 
 # -- errors -------------------------------------------------------------------------
@@ -82,6 +95,12 @@ class Unavailable(KVError):
     :ivar int retry_after: seconds the server suggested, or None.
     """
     retry_after: Optional[int] = None
+
+
+class Indeterminate(Unavailable):
+    """A write was sent but its answer was lost, and no later answer or re-read
+    can tell whether it took effect: read the key to see (status 0, code
+    ``indeterminate``)."""
 
 
 class ServerError(KVError):
@@ -155,6 +174,15 @@ class Record:
                    parse_time(doc.get("expires")))
 
 
+_ETAG = re.compile(r'(?:W/)?"[^"]*"')
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """True when ``error`` is a failure to connect: the request never left."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    return isinstance(error, requests.ConnectTimeout) or isinstance(reason, ConnectTimeoutError)
+
+
 def _key(key: Union[str, bytes]) -> str:
     return key.decode("utf-8") if isinstance(key, bytes) else key
 
@@ -173,7 +201,7 @@ def connect(url: str, timeout: float = 10.0, retries: int = 3) -> "Store":
     """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``).
 
     :param float timeout: seconds to wait for a connection and for each answer.
-    :param int retries: retries of idempotent requests (0 for none).
+    :param int retries: retries per call (0 for none), as the module docstring says.
     :returns: :class:`Store` (nothing is sent until the first call).
     """
     return Store(url, timeout, retries)
@@ -190,11 +218,13 @@ class Store:
 
     def __init__(self, url: str, timeout: float = 10.0, retries: int = 3):
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.timeout, self.retries = timeout, retries
         self.session = requests.Session()
+        # urllib3 retries connection failures of every method, and GET and HEAD
+        # after a 503 or a lost answer; _write retries the writes itself.
         retry = Retry(total=retries, connect=retries, read=retries, status=retries,
-                      backoff_factor=0.1, status_forcelist=(503,),
-                      allowed_methods=frozenset({"GET", "HEAD", "PUT", "DELETE"}),
+                      backoff_factor=BACKOFF_SECONDS, status_forcelist=(503,),
+                      allowed_methods=frozenset({"GET", "HEAD"}),
                       respect_retry_after_header=True, raise_on_status=False)
         adapter = HTTPAdapter(max_retries=retry)
         self.session.mount("http://", adapter)
@@ -215,15 +245,79 @@ class Store:
         # "." is escaped too so that "." and ".." never look like dot-segments.
         return "/keys/" + urllib.parse.quote(_key(key), safe="").replace(".", "%2E")
 
-    def _request(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
+    def _send(self, method: str, path: str, **kwargs) -> requests.Response:
+        """One request (urllib3 retrying what it may).
+
+        :raises Unavailable: when it could not connect, or a GET/HEAD got no answer.
+        :raises Indeterminate: when a write was sent and no answer came.
+        """
         try:
-            response = self.session.request(method, self.url + path, timeout=self.timeout,
-                                            **kwargs)
+            return self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.RequestException as e:
-            raise Unavailable(0, "no_connection", "cannot reach %s: %s" % (self.url, e)) from None
+            if method in ("GET", "HEAD") or _never_sent(e):
+                raise Unavailable(0, "no_connection", "cannot reach %s: %s" % (self.url, e)) from None
+            raise Indeterminate(0, "indeterminate", "%s %s: no answer (%s)"
+                                % (method, self.url + path, e)) from None
+
+    def _request(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
+        response = self._send(method, path, **kwargs)
         if response.status_code not in ok:
             raise _error(response)
         return response
+
+    def _write(self, method: str, path: str, **kwargs) -> Tuple[requests.Response, bool]:
+        """Send a write; after a 503 or a lost answer, send it again (``retries`` times).
+
+        :returns: (the last answer, a 503 only if no answer was lost; True when
+            an earlier attempt may have taken effect: its answer was lost, or
+            was a 503, which may follow a commit that failed to report back).
+        :raises Unavailable: when it could not connect and nothing was sent.
+        :raises Indeterminate: when an answer was lost and no later one but 503s came.
+        """
+        doubtful, lost = False, None
+        for attempt in range(self.retries + 1):
+            delay = BACKOFF_SECONDS * 2 ** attempt
+            try:
+                response = self._send(method, path, **kwargs)
+            except Indeterminate as e:
+                doubtful, lost = True, e
+            except Unavailable:
+                if lost is None:
+                    raise
+                break                    # no answer now either: an attempt may have landed
+            else:
+                if response.status_code != 503 or (attempt == self.retries and lost is None):
+                    return response, doubtful
+                doubtful = True
+                if response.headers.get("Retry-After", "").isdigit():
+                    delay = int(response.headers["Retry-After"])
+            if attempt < self.retries:
+                time.sleep(delay)
+        raise Indeterminate(0, "indeterminate", "%s; it may have taken effect" % lost.message)
+
+    def _resolve(self, key, expected: Optional[bytes], excluded=()) -> Optional[Record]:
+        """Whether a doubtful write (see :meth:`_write`) landed, once a later
+        attempt was refused: it did if a read of ``key`` finds it absent
+        (``expected`` None: a delete) or holding ``expected`` under an ETag
+        not in ``excluded`` (or another writer did the same meanwhile).
+
+        :returns: the record read (None for a delete).
+        :raises Indeterminate: when the read shows otherwise or fails.
+        """
+        try:
+            record, readable = self.get_record(key), True
+        except NotFound:
+            record, readable = None, True
+        except Unavailable:
+            record, readable = None, False
+        if expected is None:
+            landed = readable and record is None
+        else:
+            landed = record is not None and record.value == expected and record.etag not in excluded
+        if landed:
+            return record
+        raise Indeterminate(0, "indeterminate", "a write of %r was sent and its answer lost, "
+                            "then refused: it may have taken effect" % _key(key))
 
     # single keys
     def get(self, key) -> bytes:
@@ -244,38 +338,62 @@ class Store:
             if_none_match: Optional[str] = None) -> Record:
         """Create or replace ``key``.
 
+        After a lost answer or a 503 it is sent again: unconditional, it writes
+        the same value again (the version counts both).  With a condition, a
+        412 that follows is checked by reading the key: if it holds ``value``
+        under an ETag that ``if_match`` does not name, the lost attempt is
+        taken to have landed (or another writer stored the same bytes) and
+        that record is returned; else :class:`Indeterminate` is raised (the
+        lost attempt may have landed and been overwritten).
+
         :param value: bytes, or str (sent as UTF-8).
         :param int ttl: seconds until the key expires (1 to 315360000), or None.
         :param str if_match: an ETag (or ``"*"``): write only if it matches.
         :param str if_none_match: ``"*"``: write only if the key does not exist.
         :returns: the :class:`Record` written.
         :raises PreconditionFailed: when a condition does not hold.
-        :raises TooLarge, BadRequest, InvalidKey, Unavailable: see :class:`KVError`.
+        :raises TooLarge, BadRequest, InvalidKey, Unavailable, Indeterminate: see above.
         """
+        data = _bytes(value)
         headers = {"Content-Type": RAW, "Accept": "application/json"}
         if if_match is not None:
             headers["If-Match"] = if_match
         if if_none_match is not None:
             headers["If-None-Match"] = if_none_match
-        response = self._request("PUT", self._path(key), ok=(200, 201), data=_bytes(value),
-                                 headers=headers, params={"ttl": ttl} if ttl is not None else None)
-        return Record.from_json(response.json(), response.headers.get("ETag"))
+        response, doubtful = self._write("PUT", self._path(key), data=data, headers=headers,
+                                         params={"ttl": ttl} if ttl is not None else None)
+        if response.status_code == 412 and doubtful:
+            return self._resolve(key, data, _ETAG.findall(if_match or ""))
+        return self._record(response, (200, 201))
 
     def create(self, key, value, ttl: Optional[int] = None) -> Record:
-        """Create ``key``; never replaces (POST /keys, not retried).
+        """Create ``key``; never replaces (POST /keys).
+
+        After a lost answer or a 503 it is sent again (it cannot overwrite); a
+        409 that follows is checked by reading the key: if it holds ``value``,
+        that record is returned, else :class:`Indeterminate` is raised.
 
         :raises Conflict: when the key exists.
         """
-        body = {"key": _key(key), "value": base64.b64encode(_bytes(value)).decode("ascii"),
+        data = _bytes(value)
+        body = {"key": _key(key), "value": base64.b64encode(data).decode("ascii"),
                 "encoding": "base64"}
         if ttl is not None:
             body["ttl"] = ttl
-        response = self._request("POST", "/keys", ok=(201,), json=body,
-                                 headers={"Accept": "application/json"})
+        response, doubtful = self._write("POST", "/keys", json=body,
+                                         headers={"Accept": "application/json"})
+        if response.status_code == 409 and doubtful:
+            return self._resolve(key, data)
+        return self._record(response, (201,))
+
+    def _record(self, response, ok) -> Record:
+        if response.status_code not in ok:
+            raise _error(response)
         return Record.from_json(response.json(), response.headers.get("ETag"))
 
     def compare_and_swap(self, key, etag: str, value) -> Record:
-        """Replace ``key`` only if its current ETag is ``etag`` (atomic on the server).
+        """Replace ``key`` only if its current ETag is ``etag`` (atomic on the
+        server); a lost answer is resolved as :meth:`put` says.
 
         :raises PreconditionFailed: when somebody wrote first (or the key is gone).
         """
@@ -284,11 +402,22 @@ class Store:
     def delete(self, key, if_match: Optional[str] = None) -> None:
         """Delete ``key``.
 
+        After a lost answer or a 503 it is sent again; a 404 that follows is
+        success (the lost attempt deleted the key, or it was gone anyway).
+        With ``if_match``, a 404 or 412 that follows is success if a read
+        then finds the key absent, else :class:`Indeterminate` is raised.
+
         :raises NotFound: when the key is absent.
         :raises PreconditionFailed: when ``if_match`` does not match.
         """
         headers = {"If-Match": if_match} if if_match is not None else {}
-        self._request("DELETE", self._path(key), ok=(204,), headers=headers)
+        response, doubtful = self._write("DELETE", self._path(key), headers=headers)
+        if doubtful and response.status_code == 404 and if_match is None:
+            return
+        if doubtful and response.status_code in (404, 412):
+            self._resolve(key, None)
+        elif response.status_code != 204:
+            raise _error(response)
 
     def __contains__(self, key) -> bool:
         try:
@@ -365,8 +494,10 @@ class Store:
     def batch(self, ops: List[dict]) -> List[dict]:
         """POST /batch (API.md): at most 1000 ops; returns one result dict per op.
 
-        Not retried (POST).  Per-op failures are results, not exceptions.
+        Not retried once sent.  Per-op failures are results, not exceptions.
+
         :raises BadRequest: for a malformed batch (nothing was applied).
+        :raises Indeterminate: when the answer was lost (some ops may have been applied).
         """
         response = self._request("POST", "/batch", json={"ops": ops},
                                  headers={"Accept": "application/json"})

@@ -3,6 +3,7 @@ partitions): the Python library, the ``kv`` command line and the minimalkv
 store."""
 
 import filecmp
+import http.client
 import http.server
 import io
 import json
@@ -143,6 +144,10 @@ class LibraryTest(unittest.TestCase):
         with self.assertRaises(client.Unavailable) as caught:
             dead.get("k")
         self.assertIsInstance(caught.exception, OSError)
+        for write in (lambda: dead.put("k", b"v", if_match="*"), lambda: dead.delete("k")):
+            with self.assertRaises(client.Unavailable) as caught:      # nothing was sent
+                write()
+            self.assertNotIsInstance(caught.exception, client.Indeterminate)
         dead.close()
 
     def test_listing_records_carry_expires(self):
@@ -168,13 +173,15 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
             self.send_response(503)
             self.send_header("Retry-After", "1")
         else:
-            body = b"value"
+            body = b"value" if self.command != "PUT" else json.dumps(
+                {"key": "k", "value": "v", "version": 1, "created": "2026-01-01T00:00:00.000000Z",
+                 "modified": "2026-01-01T00:00:00.000000Z", "expires": None}).encode()
             self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = answer
+    do_GET = do_POST = do_PUT = answer
 
     def log_message(self, *args):
         pass
@@ -197,7 +204,7 @@ class LoadFallbackTest(unittest.TestCase):
 
 
 class RetryTest(unittest.TestCase):
-    def test_idempotent_requests_are_retried_after_503_and_post_is_not(self):
+    def test_requests_are_retried_after_503_but_a_batch_is_not(self):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.shutdown)
@@ -208,9 +215,118 @@ class RetryTest(unittest.TestCase):
         with self.assertRaises(client.Unavailable) as caught:
             store.batch([{"op": "get", "key": "k"}])
         self.assertEqual(caught.exception.retry_after, 1)
-        self.assertEqual(_Scripted.seen, ["GET", "GET", "POST"])
+        self.assertEqual(store.put("k", b"v").version, 1)
+        self.assertEqual(_Scripted.seen, ["GET", "GET", "POST", "PUT", "PUT"])
         print("\n  retry after 503: waited %.2f s (Retry-After: 1)" % waited, file=sys.stderr)
         store.close()
+
+
+def answer_losing_proxy(upstream_port, drop, then=None):
+    """A proxy to the service on a free port (its base URL is returned; it
+    stops at the test's end).  The first request of each method in ``drop``
+    is forwarded and its whole answer read (so the write is committed), then
+    ``then()`` runs and the client's connection is closed without a byte: the
+    answer is lost.  ``proxy.seen`` lists (method, status, "lost" or "").
+    """
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        seen = []
+
+        def forward(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
+            upstream.request(self.command, self.path, body, {
+                k: v for k, v in self.headers.items() if k.lower() not in ("connection", "host")})
+            response = upstream.getresponse()
+            data, headers = response.read(), response.getheaders()
+            upstream.close()
+            lost = self.command in drop
+            self.seen.append((self.command, response.status, "lost" if lost else ""))
+            self.close_connection = True
+            if lost:
+                drop.discard(self.command)
+                if then:
+                    then()
+                return
+            self.send_response(response.status)
+            for name, value in headers:
+                if name.lower() not in ("connection", "transfer-encoding", "date", "server"):
+                    self.send_header(name, value)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = forward
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.seen = Proxy.seen
+    return server
+
+
+class LostAnswerTest(unittest.TestCase):
+    """Writes whose answer is lost after the service committed them (client.py)."""
+
+    def setUp(self):
+        Service.wipe()
+        self.direct = client.connect(Service.start().url)
+        self.addCleanup(self.direct.close)
+
+    def through(self, drop, then=None):
+        proxy = answer_losing_proxy(Service.start().port, set(drop), then)
+        self.addCleanup(proxy.server_close)
+        self.addCleanup(proxy.shutdown)
+        store = client.connect("http://127.0.0.1:%d" % proxy.server_address[1], timeout=10)
+        self.addCleanup(store.close)
+        return store, proxy.seen
+
+    def test_compare_and_swap_whose_answer_was_lost_reports_success(self):
+        first = self.direct.put("cas", b"1")
+        store, seen = self.through(["PUT"])
+        swapped = store.compare_and_swap("cas", first.etag, b"2")
+        self.assertEqual((swapped.value, swapped.version), (b"2", 2))
+        self.assertEqual(swapped.etag, self.direct.get_record("cas").etag)    # written once
+        self.assertEqual(seen, [("PUT", 200, "lost"), ("PUT", 412, ""), ("GET", 200, "")])
+        with self.assertRaises(client.PreconditionFailed):      # a plain 412 is still one
+            store.compare_and_swap("cas", first.etag, b"3")
+
+    def test_create_if_absent_and_create_whose_answers_were_lost_report_success(self):
+        store, seen = self.through(["PUT", "POST"])
+        self.assertEqual(store.put("once", b"v", if_none_match="*").version, 1)
+        self.assertEqual(store.create("new", b"w").value, b"w")
+        self.assertEqual([s[:2] for s in seen], [("PUT", 201), ("PUT", 412), ("GET", 200),
+                                                 ("POST", 201), ("POST", 409), ("GET", 200)])
+
+    def test_delete_whose_answer_was_lost_reports_success(self):
+        self.direct.put("gone", b"v")
+        etag = self.direct.put("gone too", b"v").etag
+        store, seen = self.through(["DELETE"])
+        store.delete("gone")
+        self.assertEqual(seen, [("DELETE", 204, "lost"), ("DELETE", 404, "")])
+        store, seen = self.through(["DELETE"])
+        store.delete("gone too", if_match=etag)
+        self.assertEqual(seen, [("DELETE", 204, "lost"), ("DELETE", 412, ""), ("GET", 404, "")])
+        self.assertEqual(self.direct.keys(), [])
+        with self.assertRaises(client.NotFound):                # a plain 404 is still one
+            store.delete("gone")
+
+    def test_a_lost_swap_then_overwritten_is_indeterminate(self):
+        first = self.direct.put("cas", b"1")
+        store, seen = self.through(["PUT"], then=lambda: self.direct.put("cas", b"theirs"))
+        with self.assertRaises(client.Indeterminate) as caught:
+            store.compare_and_swap("cas", first.etag, b"2")
+        self.assertIsInstance(caught.exception, client.Unavailable)
+        self.assertEqual(self.direct.get_record("cas").version, 3)
+
+    def test_unconditional_put_is_sent_again_and_a_lost_batch_is_indeterminate(self):
+        store, seen = self.through(["PUT", "POST"])
+        self.assertEqual(store.put("u", b"x").version, 2)          # written twice, same value
+        with self.assertRaises(client.Indeterminate):
+            store.batch([{"op": "put", "key": "b", "value": "1"}])
+        self.assertEqual(self.direct.get("b"), b"1")
+        self.assertEqual([s[:2] for s in seen], [("PUT", 201), ("PUT", 200), ("POST", 200)])
 
 
 def kv(*args, stdin=b"", url=None):
