@@ -296,14 +296,23 @@ def record_headers(record, partition):
             ("X-Partition", partition)]
 
 
+def check_representable(value: bytes) -> None:
+    """Refuse, before any write, an answer the negotiated type cannot carry
+    (API.md: a 406 never follows a committed write).
+
+    :raises HTTPProblem: 406 when the value is not UTF-8 and text/plain was asked for.
+    """
+    if not rep.representable(_mime(), value):
+        raise HTTPProblem(406, "not_acceptable", "the value is not UTF-8 text; ask for "
+                          "application/octet-stream or application/json")
+
+
 def record_response(record, partition, status):
     """The (payload, status, headers) of a response carrying one record.
 
     :raises HTTPProblem: 406 when the negotiated type cannot carry this value.
     """
-    if not rep.representable(_mime(), record):
-        raise HTTPProblem(406, "not_acceptable", "the value is not UTF-8 text; ask for "
-                          "application/octet-stream or application/json")
+    check_representable(record.value)
     return {"record": record}, status, record_headers(record, partition)
 
 
@@ -341,6 +350,7 @@ class KeyResource:
         store = web.ctx.store
         condition = write_condition()
         _, value, ttl = read_write_request(store.settings, with_key=False)
+        check_representable(value)
         record, created, partition = store.put(DEFAULT_BUCKET, key, value, ttl, condition)
         return record_response(record, partition, 201 if created else 200)
 
@@ -380,6 +390,7 @@ class KeyList:
     def POST(self):
         store = web.ctx.store
         key, value, ttl = read_write_request(store.settings, with_key=True)
+        check_representable(value)
         record, _, partition = store.put(DEFAULT_BUCKET, key, value, ttl, Condition(create_only=True))
         payload, status, headers = record_response(record, partition, 201)
         headers.append(("Location", "/keys/" + urllib.parse.quote(key, safe="")))

@@ -48,11 +48,11 @@ def text_of(value: bytes, for_xml: bool = False):
     return base64.b64encode(value).decode("ascii"), "base64"
 
 
-def representable(mime: str, record) -> bool:
+def representable(mime: str, value: bytes) -> bool:
     """False for a text/plain answer of a value that is not UTF-8."""
     if mime == "text/plain":
         try:
-            record.value.decode("utf-8")
+            value.decode("utf-8")
         except UnicodeDecodeError:
             return False
     return True

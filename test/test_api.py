@@ -154,6 +154,14 @@ class ApiContract:
         self.assertEqual(base64.b64decode(xml.find("value").text), binary)
         self.assertEqual(self.get(k("bin"), {"Accept": "application/octet-stream"}).body, binary)
         self.get(k("bin"), {"Accept": "text/plain"}, status=406)
+        # A write whose answer could not carry the value is refused before it commits.
+        octets = {"Content-Type": "application/octet-stream", "Accept": "text/plain"}
+        self.put("bin2", binary, octets, status=406)
+        self.req("POST", "/keys?key=bin3", binary, octets, status=406)
+        self.put("bin", b"\xff", octets, status=406)
+        self.get(k("bin2"), status=404)
+        self.get(k("bin3"), status=404)
+        self.assertEqual(self.get(k("bin"), {"Accept": "application/octet-stream"}).body, binary)
         # XML cannot carry U+0001 even though it is UTF-8.
         self.put("ctl", b"a\x01b", status=201)
         xml = ElementTree.fromstring(self.get(k("ctl"), {"Accept": "text/xml"}).body)
