@@ -9,8 +9,10 @@ its placement (read straight from each partition's kv_rows) and
 
 import calendar
 import datetime
+import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,14 +31,62 @@ TEXT = {"Content-Type": "text/plain"}
 TIMEOUT = 10                      # seconds, every request and every sync.py run x 12
 
 
-def faketime(seconds: int):
-    """The command prefix and environment that run a program ``seconds`` fast."""
-    binary = shutil.which("faketime")
-    if binary is None:
-        raise AssertionError("faketime is not installed (Debian package faketime; make test "
-                             "installs it)")
-    # Only the wall clock moves; the monotonic clock (timeouts) stays real.
-    return [binary, "-f", "%+ds" % seconds], {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+def faketime(seconds: int) -> dict:
+    """The environment that runs a program ``seconds`` fast: libfaketime
+    preloaded (Debian's faketime package), without the ``faketime`` wrapper,
+    which would stand between the test and the process it stops.  Only the
+    wall clock moves; the monotonic clock (timeouts, lock waits) stays real."""
+    libraries = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not libraries:
+        raise AssertionError("libfaketime is not installed (Debian package faketime; "
+                             "make test installs it)")
+    return {"LD_PRELOAD": libraries[0], "FAKETIME": "%+ds" % seconds,
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+# 2026-11-23: libfaketime 0.9.10 (Debian bookworm) with FAKETIME_DONT_FAKE_MONOTONIC
+# makes Python 3.11's time.sleep, a clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME),
+# fail with EINVAL (libfaketime issue 426; FAKETIME_DONT_FAKE_MONOTONIC=1 faketime
+# -f +60s python3 -c 'import time; time.sleep(1)').  Faking the monotonic clock as
+# well hangs every timed lock wait instead (sem_clockwait is not faked).  So the
+# fast processes keep the real monotonic clock and sleep with select().
+SLEEP_FIX = "import select, time; time.sleep = lambda s: select.select([], [], [], max(s, 0))\n"
+
+
+def fast(command):
+    """``[python, script, args...]`` run with SLEEP_FIX applied first."""
+    assert command[0] == sys.executable
+    return [sys.executable, "-c", SLEEP_FIX + "import runpy, sys; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"] + command[1:]
+
+
+def forget_clock(pid: int) -> None:
+    """Remove the shared memory and semaphore that libfaketime made for the
+    process ``pid`` (/dev/shm/faketime_shm_PID, sem.faketime_sem_PID), which a
+    process that does not exit normally leaves behind."""
+    for name in ("faketime_shm_%d" % pid, "sem.faketime_sem_%d" % pid):
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+        except OSError:
+            pass
+
+
+def run(command, env, timeout):
+    """Run ``command`` in its own process group; kill the group on a timeout.
+
+    :returns: (exit code, output)."""
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, _ = process.communicate()
+        forget_clock(process.pid)
+        raise AssertionError("%s timed out after %d s:\n%s"
+                             % (" ".join(command), timeout, out.decode("utf-8", "replace")))
+    forget_clock(process.pid)
+    return process.returncode, out.decode("utf-8", "replace").strip()
 
 
 def rfc3339_seconds(text: str) -> float:
@@ -45,24 +95,26 @@ def rfc3339_seconds(text: str) -> float:
 
 
 class WebNode:
-    """``python controller.py 127.0.0.1:PORT``, optionally under a wrapper."""
+    """``python controller.py 127.0.0.1:PORT`` in its own process group."""
 
-    def __init__(self, config, prefix=(), env=None):
+    def __init__(self, config, env=None):
         port = dbservers.free_port()
         self.url = "http://127.0.0.1:%d" % port
         self.log = tempfile.TemporaryFile()
+        command = [sys.executable, "controller.py", "127.0.0.1:%d" % port]
         self.process = subprocess.Popen(
-            list(prefix) + [sys.executable, "controller.py", "127.0.0.1:%d" % port], cwd=ROOT,
+            fast(command) if env else command, cwd=ROOT,
             env=dict(os.environ, KV_CONFIG=config, PYTHONUNBUFFERED="1", **(env or {})),
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while True:
             try:
                 requests.get(self.url + "/health", timeout=1)
                 return
             except requests.RequestException:
-                assert self.process.poll() is None, "web node exited:\n" + self.output()
-                assert time.monotonic() < deadline, "web node did not answer:\n" + self.output()
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError("web node did not answer:\n" + self.output())
                 time.sleep(0.1)
 
     def output(self) -> str:
@@ -74,13 +126,18 @@ class WebNode:
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        forget_clock(self.process.pid)
 
 
 class ClockSkewTest(unittest.TestCase):
     def setUp(self):
-        self.prefix, self.fake_env = faketime(SKEW_SECONDS)
+        self.fake_env = faketime(SKEW_SECONDS)
         self.dir = tempfile.mkdtemp(prefix="kv-skew-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.servers = []
@@ -92,7 +149,7 @@ class ClockSkewTest(unittest.TestCase):
         self.config = dbservers.write_config(os.path.join(self.dir, "c.cfg"), self.servers, 2)
         self.correct = WebNode(self.config)
         self.addCleanup(self.correct.stop)
-        self.fast = WebNode(self.config, self.prefix, self.fake_env)
+        self.fast = WebNode(self.config, self.fake_env)
         self.addCleanup(self.fast.stop)
         self.http = requests.Session()
         self.addCleanup(self.http.close)
@@ -113,20 +170,18 @@ class ClockSkewTest(unittest.TestCase):
         self.acked[key] = None
         self.writes += 1
 
-    def sync(self, *args, prefix=(), env=None):
-        done = subprocess.run(list(prefix) + [sys.executable, "sync.py"] + list(args), cwd=ROOT,
-                              env=dict(os.environ, KV_CONFIG=self.config, **(env or {})),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=TIMEOUT * 12)
-        return done.returncode, done.stdout.decode("utf-8", "replace").strip()
+    def sync(self, *args, env=None):
+        command = [sys.executable, "sync.py"] + list(args)
+        return run(fast(command) if env else command,
+                   dict(os.environ, KV_CONFIG=self.config, **(env or {})), TIMEOUT * 12)
 
     def test_fast_web_node_and_fast_sync_host_lose_no_acknowledged_write(self):
         # The wrapper really moves a Python program's clock, and the fast node's.
-        probe = subprocess.run(self.prefix + [sys.executable, "-c",
-                                              "import time; print(time.time())"],
-                               env=dict(os.environ, **self.fake_env), stdout=subprocess.PIPE,
-                               timeout=TIMEOUT, check=True)
-        shift = float(probe.stdout) - time.time()
+        code, probe = run([sys.executable, "-c",
+                           SLEEP_FIX + "time.sleep(0.01); print(time.time())"],
+                          dict(os.environ, **self.fake_env), TIMEOUT)
+        self.assertEqual(code, 0, probe)
+        shift = float(probe) - time.time()
         self.assertTrue(SKEW_SECONDS - 10 < shift < SKEW_SECONDS + 10,
                         "faketime did not move python's clock: %.1f s instead of %d"
                         % (shift, SKEW_SECONDS))
@@ -150,7 +205,7 @@ class ClockSkewTest(unittest.TestCase):
         for i in range(20, 25):
             self.delete(self.correct, "a%d" % i)
         # 3. One sync pass on a host whose clock is fast.
-        fast_sync = self.sync(prefix=self.prefix, env=self.fake_env)
+        fast_sync = self.sync(env=self.fake_env)
         # 4. More writes through the correct node.
         for i in range(40):
             self.put(self.correct, "c%d" % i, "c%d after the fast sync" % i)
