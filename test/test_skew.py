@@ -176,7 +176,7 @@ class ClockSkewTest(unittest.TestCase):
                    dict(os.environ, KV_CONFIG=self.config, **(env or {})), TIMEOUT * 12)
 
     def test_fast_web_node_and_fast_sync_host_lose_no_acknowledged_write(self):
-        # The wrapper really moves a Python program's clock, and the fast node's.
+        # libfaketime really moves a Python program's clock, and the fast node's.
         code, probe = run([sys.executable, "-c",
                            SLEEP_FIX + "time.sleep(0.01); print(time.time())"],
                           dict(os.environ, **self.fake_env), TIMEOUT)
