@@ -22,7 +22,8 @@ from xml.etree.ElementTree import ParseError, TreeBuilder
 import defusedxml
 import defusedxml.ElementTree
 
-from datastore import MAX_TTL_SECONDS, InvalidKey, InvalidRequest
+from kv.errors import InvalidKey, InvalidRequest
+from kv.records import MAX_TTL_SECONDS
 
 STRUCTURED_TYPES = ("application/json", "application/xml", "text/xml",
                     "application/x-www-form-urlencoded")

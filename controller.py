@@ -26,7 +26,7 @@ import representations as rep
 from datastore import (DEFAULT_BUCKET, Condition, Datastore, DatastoreError, InvalidKey,
                        InvalidRequest, KeyExists, KeyNotFound, PartitionUnavailable,
                        PreconditionFailed, ValueTooLarge, open_store)
-from records import weak_match
+from kv.records import weak_match
 
 web.config.debug = False          # web.py turns it on under gunicorn otherwise (STYLE.md 1f)
 log = logging.getLogger("kv.controller")

@@ -19,12 +19,13 @@ import logging
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from configuration import ConfigurationError, Settings, load_config
+from kv.configuration import ConfigurationError, Settings, load_config
 from engines import make_partition
 from partitions import Partition, WriteRequest
-from records import (Condition, DatastoreError, InvalidKey, InvalidRequest, KeyExists,
-                     KeyNotFound, PartitionUnavailable, PreconditionFailed, Record,
-                     ValueTooLarge, now_us, winner_key)
+from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, KeyNotFound,
+                       PartitionUnavailable, PreconditionFailed, ValueTooLarge)
+from kv.records import (MAX_TTL_SECONDS, Condition, Record, check_key, now_us, put_record,
+                        tombstone, winner_key)
 
 __all__ = [
     "Datastore", "Listing", "open_store", "placement", "check_key", "encode_cursor",
@@ -36,35 +37,10 @@ __all__ = [
 
 log = logging.getLogger("kv.datastore")
 
-MAX_KEY_BYTES = 512
 LIST_READ_AHEAD = 1000          # rows per listing query at most
 LIST_ROW_BUDGET = 10000         # rows a listing page examines at most (then it ends with next)
 LIST_VALUE_BYTES = 8 << 20      # bytes of values in one values=true page at most (or one value)
-MAX_TTL_SECONDS = 315360000  # ten years, API.md
 DEFAULT_BUCKET = b"default"
-_CONTROL = frozenset(range(0x20)) | {0x7F}
-
-
-def check_key(key: bytes) -> bytes:
-    """Validate a key as API.md defines it and return it unchanged.
-
-    :param bytes key: the key as UTF-8 bytes.
-    :returns: ``key``.
-    :raises InvalidKey: when the key is empty, longer than 512 bytes, not UTF-8
-        or contains a control character (U+0000 to U+001F, U+007F).
-    """
-    if not key:
-        raise InvalidKey("the key is empty")
-    if len(key) > MAX_KEY_BYTES:
-        raise InvalidKey("the key is %d bytes long; at most %d are allowed"
-                         % (len(key), MAX_KEY_BYTES))
-    if _CONTROL.intersection(key):
-        raise InvalidKey("the key contains a control character")
-    try:
-        key.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidKey("the key is not valid UTF-8") from None
-    return key
 
 
 def _ranking(bucket: bytes, key: bytes, names: Sequence[str]) -> List[str]:
@@ -301,8 +277,8 @@ class Datastore:
         self._check_put(key, value, ttl_seconds)
         unconditional = condition == Condition()
         record, previous, name = self._write(
-            bucket, key, lambda current, now: _put_record(bucket, key, value, ttl_seconds,
-                                                          condition, current, now),
+            bucket, key, lambda current, now: put_record(bucket, key, value, ttl_seconds,
+                                                         condition, current, now),
             (value, ttl_seconds) if unconditional else None, strict=not unconditional)
         return record, previous is None or not previous.is_live(record.modified_us), name
 
@@ -325,7 +301,7 @@ class Datastore:
         """
         check_key(key)
         record, _, name = self._write(
-            bucket, key, lambda current, now: _tombstone(key, condition, current, now),
+            bucket, key, lambda current, now: tombstone(key, condition, current, now),
             strict=True)
         return record, name
 
@@ -591,25 +567,6 @@ class Datastore:
             self.partitions[name].apply_schema()
 
 
-def _put_record(bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[int],
-                condition: Condition, current: Optional[Record], now: int) -> Record:
-    """The record a put writes after ``current`` (raises if ``condition`` fails)."""
-    live = condition.check(current, now)
-    version, modified = _next_version(current, now)
-    expires = modified + ttl_seconds * 1_000_000 if ttl_seconds else None
-    return Record(bucket, key, value, version, live.created_us if live else modified,
-                  modified, expires, False)
-
-
-def _tombstone(key: bytes, condition: Condition, current: Optional[Record], now: int) -> Record:
-    """The tombstone a delete writes after ``current`` (KeyNotFound if not live)."""
-    live = condition.check(current, now)
-    if live is None:
-        raise KeyNotFound(key)
-    version, modified = _next_version(current, now)
-    return Record(live.bucket, key, b"", version, live.created_us, modified, None, True)
-
-
 def _is_strict(op: dict) -> bool:
     """True for a batch op whose outcome depends on the current copy."""
     return op["op"] == "delete" or op.get("if_match") is not None \
@@ -626,24 +583,12 @@ def _apply_op(bucket: bytes, key: bytes, op: dict, state: Optional[Record], now:
             raise KeyNotFound(key)
         condition = Condition(op.get("if_match"), op.get("if_none_match"))
         if kind == "delete":
-            record = _tombstone(key, condition, state, now)
+            record = tombstone(key, condition, state, now)
             return record, record, True
-        record = _put_record(bucket, key, op["value"], op.get("ttl"), condition, state, now)
+        record = put_record(bucket, key, op["value"], op.get("ttl"), condition, state, now)
         return (record, state is None or not state.is_live(now)), record, True
     except DatastoreError as e:
         return e, state, False
-
-
-def _next_version(current: Optional[Record], now: int) -> Tuple[int, int]:
-    """(version, modified_us) of the next write after ``current``.
-
-    The version continues through tombstones and expiry; modified_us never goes
-    backwards for a key, so the newest write also wins when web nodes' clocks
-    disagree by less than the time between two writes of the key.
-    """
-    if current is None:
-        return 1, now
-    return current.version + 1, max(now, current.modified_us + 1)
 
 
 def open_store(config_path: Optional[str]) -> Optional[Datastore]:

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 
-from configuration import PartitionSettings
+from kv.configuration import PartitionSettings
 from partitions import Partition
 
 PING_AFTER_IDLE_SECONDS = 1.0   # a pooled connection idle this long is pinged before use

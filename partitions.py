@@ -14,8 +14,9 @@ import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from coalescing import Coalescer
-from configuration import PartitionSettings
-from records import DatastoreError, PartitionUnavailable, Record, now_us, winner_key
+from kv.configuration import PartitionSettings
+from kv.errors import DatastoreError, PartitionUnavailable
+from kv.records import Record, now_us, winner_key
 
 log = logging.getLogger("kv.partition")
 

@@ -14,7 +14,7 @@ import time
 
 import MySQLdb
 
-from configuration import PartitionSettings
+from kv.configuration import PartitionSettings
 from engines import MySQLPartition
 
 PASSWORD = "kv-test-password"

@@ -12,6 +12,7 @@ import threading
 from unittest import mock
 
 import datastore
+from kv import records
 import partitions
 import sync
 from datastore import Condition, Record
@@ -46,7 +47,7 @@ def _put(partition, key, value, modified=None, deleted=False, expires=None):
 def _overwrite(partition, key, value, ttl=None):
     """An unconditional put through write(), with its overwrite hint."""
     def make(current, now):
-        return datastore._put_record(BUCKET, key, value, ttl, Condition(), current, now)
+        return records.put_record(BUCKET, key, value, ttl, Condition(), current, now)
     return partition.write(WriteRequest(BUCKET, key, make, overwrite=(value, ttl)))
 
 

@@ -7,11 +7,11 @@ import unittest
 from unittest import mock
 
 import dbservers
-from configuration import PartitionSettings, Settings, SyncSettings
+from kv.configuration import PartitionSettings, Settings, SyncSettings
 from datastore import Datastore
 from partition_contract import PartitionContract, StoreContract
 from engines import MySQLPartition, SQLitePartition
-from records import PartitionUnavailable
+from kv.errors import PartitionUnavailable
 
 
 def _settings(partitions, replicas=2):

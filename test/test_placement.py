@@ -5,7 +5,7 @@ import os
 import tempfile
 import unittest
 
-from configuration import ConfigurationError, load_config
+from kv.configuration import ConfigurationError, load_config
 from datastore import placement
 
 NAMES3 = ["partition-1", "partition-2", "partition-3"]

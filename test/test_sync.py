@@ -14,7 +14,7 @@ from unittest import mock
 
 import dbservers
 import sync
-from configuration import Settings, SyncSettings
+from kv.configuration import Settings, SyncSettings
 from datastore import Datastore, KeyNotFound, Record, now_us
 from partition_contract import _put, clock_offset
 

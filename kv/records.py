@@ -1,15 +1,22 @@
-"""The vocabulary of the data layer: records, the conflict rule, write
-preconditions and errors.
+"""The vocabulary of the data layer: keys, records, the conflict rule, the
+version rule and write preconditions.
 
-:class:`Record` is one stored row; :func:`winner_key` is the last-writer-wins
-rule every replica and sync pass applies; :class:`Condition` evaluates
-If-Match / If-None-Match (RFC 9110 section 13); the exceptions carry the
-API error codes (API.md) that the controller maps to HTTP statuses.  None of
-it talks to a database or knows HTTP.
+:func:`check_key` is API.md's key grammar; :class:`Record` is one stored row;
+:func:`winner_key` is the last-writer-wins rule every replica and sync pass
+applies; :func:`put_record` and :func:`tombstone` are the one definition of
+what a write stores after the current copy (version and modified time);
+:class:`Condition` evaluates If-Match / If-None-Match (RFC 9110 section 13).
+None of it talks to a database or knows HTTP.
 """
 
 import time
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+from kv.errors import InvalidKey, KeyExists, KeyNotFound, PreconditionFailed
+
+MAX_KEY_BYTES = 512
+MAX_TTL_SECONDS = 315360000  # ten years, API.md
+_CONTROL = frozenset(range(0x20)) | {0x7F}
 
 
 def now_us() -> int:
@@ -17,89 +24,28 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-# -- errors ----------------------------------------------------------------
+# -- keys ------------------------------------------------------------------
 
-class DatastoreError(Exception):
-    """Root of the data layer's errors.
+def check_key(key: bytes) -> bytes:
+    """Validate a key as API.md defines it and return it unchanged.
 
-    ``code`` is the API error code (API.md); the message is safe to show to
-    clients; ``original`` (a driver exception, or None) is for logs only.
+    :param bytes key: the key as UTF-8 bytes.
+    :returns: ``key``.
+    :raises InvalidKey: when the key is empty, longer than 512 bytes, not UTF-8
+        or contains a control character (U+0000 to U+001F, U+007F).
     """
-    code = "internal_error"
-
-    def __init__(self, message: str = "", original: Optional[BaseException] = None):
-        super().__init__(message)
-        self.message = message
-        self.original = original
-
-    def __str__(self):
-        return self.message
-
-
-class InvalidKey(DatastoreError, ValueError):
-    """The key breaks API.md's key rules (empty, > 512 bytes, not UTF-8, control character)."""
-    code = "invalid_key"
-
-
-class InvalidRequest(DatastoreError, ValueError):
-    """A parameter or body is malformed (bad ttl, limit, cursor, base64, ...)."""
-    code = "bad_request"
-
-
-class ValueTooLarge(DatastoreError):
-    """The value or body is larger than the configured limit (bytes)."""
-    code = "too_large"
-
-    def __init__(self, size: int, limit: int, what: str = "value"):
-        super().__init__("the %s is %d bytes; at most %d are allowed" % (what, size, limit))
-        self.size, self.limit = size, limit
-
-
-class KeyNotFound(DatastoreError, KeyError):
-    """The key is absent, deleted or expired."""
-    code = "key_not_found"
-
-    def __init__(self, key: bytes):
-        super().__init__("no key %r" % key.decode("utf-8", "replace"))
-        self.key = key
-
-
-class KeyExists(DatastoreError):
-    """A create-only write (POST /keys) found the key live."""
-    code = "key_exists"
-
-    def __init__(self, key: bytes):
-        super().__init__("the key %r exists" % key.decode("utf-8", "replace"))
-        self.key = key
-
-
-class PreconditionFailed(DatastoreError):
-    """An If-Match or If-None-Match condition did not hold (RFC 9110 section 13.1)."""
-    code = "precondition_failed"
-
-
-class PartitionUnavailable(DatastoreError):
-    """No partition that could serve the request answered in time.
-
-    :ivar list partitions: names of the partitions that failed.
-    :ivar str reason: short client-safe reason (no host names, no SQL).
-    :ivar int retry_after_seconds: when a retry may succeed.
-    :ivar bool down: True when the partition is unreachable (a write may then
-        go to the next partition of the placement); False when it answered but
-        could not do this now (a lock wait or statement timeout, a full
-        connection pool, a refused statement): the write must not go
-        elsewhere, or a compare-and-swap could win on a stale replica.
-    """
-    code = "unavailable"
-
-    def __init__(self, partitions: Sequence[str], reason: str = "", original=None,
-                 retry_after_seconds: int = 2, down: bool = True):
-        names = ", ".join(partitions) or "no partition"
-        super().__init__("partition unavailable: %s%s" % (names, " (%s)" % reason if reason else ""),
-                         original)
-        self.partitions, self.reason = list(partitions), reason
-        self.retry_after_seconds = retry_after_seconds
-        self.down = down
+    if not key:
+        raise InvalidKey("the key is empty")
+    if len(key) > MAX_KEY_BYTES:
+        raise InvalidKey("the key is %d bytes long; at most %d are allowed"
+                         % (len(key), MAX_KEY_BYTES))
+    if _CONTROL.intersection(key):
+        raise InvalidKey("the key contains a control character")
+    try:
+        key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidKey("the key is not valid UTF-8") from None
+    return key
 
 
 # -- records and conditions --------------------------------------------------
@@ -186,3 +132,42 @@ class Condition(NamedTuple):
         if self.create_only and live is not None:
             raise KeyExists(live.key)
         return live
+
+
+# -- the version rule ----------------------------------------------------------
+
+def put_record(bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[int],
+               condition: Condition, current: Optional[Record], now: int) -> Record:
+    """The record a put writes after ``current`` (raises if ``condition`` fails).
+
+    The one definition of a put: the one-round-trip UPDATE of
+    partitions.Partition._overwrite_live does the same in SQL, and the
+    contract test test_an_overwrite_does_what_its_make_would holds the two
+    equal on both engines.
+    """
+    live = condition.check(current, now)
+    version, modified = next_version(current, now)
+    expires = modified + ttl_seconds * 1_000_000 if ttl_seconds else None
+    return Record(bucket, key, value, version, live.created_us if live else modified,
+                  modified, expires, False)
+
+
+def tombstone(key: bytes, condition: Condition, current: Optional[Record], now: int) -> Record:
+    """The tombstone a delete writes after ``current`` (KeyNotFound if not live)."""
+    live = condition.check(current, now)
+    if live is None:
+        raise KeyNotFound(key)
+    version, modified = next_version(current, now)
+    return Record(live.bucket, key, b"", version, live.created_us, modified, None, True)
+
+
+def next_version(current: Optional[Record], now: int) -> Tuple[int, int]:
+    """(version, modified_us) of the next write after ``current``.
+
+    The version continues through tombstones and expiry; modified_us never goes
+    backwards for a key, so the newest write also wins when web nodes' clocks
+    disagree by less than the time between two writes of the key.
+    """
+    if current is None:
+        return 1, now
+    return current.version + 1, max(now, current.modified_us + 1)

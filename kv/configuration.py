@@ -104,9 +104,9 @@ class Settings:
 
 
 def default_path() -> str:
-    """``$KV_CONFIG`` if set, else configuration.cfg beside this module."""
+    """``$KV_CONFIG`` if set, else configuration.cfg at the top of the repository."""
     return os.environ.get("KV_CONFIG") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "configuration.cfg")
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configuration.cfg")
 
 
 def _integer(parser, section, option, default, low, high):
