@@ -21,23 +21,23 @@ import time
 
 import tqdm
 
-import client
+import kvclient
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 BATCH = 1000
 
 
-def _exit_code(error: client.KVError) -> int:
-    if isinstance(error, client.NotFound):
+def _exit_code(error: kvclient.KVError) -> int:
+    if isinstance(error, kvclient.NotFound):
         return EXIT_NOT_FOUND
-    if isinstance(error, (client.PreconditionFailed, client.Conflict)):
+    if isinstance(error, (kvclient.PreconditionFailed, kvclient.Conflict)):
         return EXIT_PRECONDITION
-    if isinstance(error, (client.Unavailable, client.ServerError)):
+    if isinstance(error, (kvclient.Unavailable, kvclient.ServerError)):
         return EXIT_UNAVAILABLE
     return EXIT_USAGE
 
 
-def _record_json(record: client.Record) -> dict:
+def _record_json(record: kvclient.Record) -> dict:
     try:
         value, encoding = record.value.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -147,8 +147,8 @@ def read_jsonl(stream):
             continue
         try:
             doc = json.loads(line)
-            expires = client.parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
-            yield doc["key"], client.decode_value(doc), expires
+            expires = kvclient.parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
+            yield doc["key"], kvclient.decode_value(doc), expires
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
 
@@ -184,7 +184,7 @@ class _Loader:
 
     def store(self):
         if not hasattr(self.local, "store"):
-            self.local.store = client.connect(self.args.url, timeout=self.args.timeout)
+            self.local.store = kvclient.connect(self.args.url, timeout=self.args.timeout)
         return self.local.store
 
     def live(self, chunk):
@@ -209,7 +209,7 @@ class _Loader:
             ops.append(op)
         try:
             results = self.store().batch(ops) if ops else []
-        except client.NotFound:          # a server without POST /batch: one PUT per row
+        except kvclient.NotFound:          # a server without POST /batch: one PUT per row
             return self.put_each(rows)
         return [(key, r["status"], (r.get("error") or {}).get("message"))
                 for (key, _, _), r in zip(rows, results) if r["status"] not in (200, 201)]
@@ -219,7 +219,7 @@ class _Loader:
         for key, value, ttl in rows:
             try:
                 self.store().put(key, value, ttl=ttl)
-            except client.KVError as e:
+            except kvclient.KVError as e:
                 failures.append((key, e.status, e.message))
         return failures
 
@@ -227,7 +227,7 @@ class _Loader:
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
         now = time.time()
         return [(key, r["status"], "differs") for (key, value, expires), r in zip(chunk, results)
-                if (r["status"] != 200 or client.decode_value(r["record"]) != value)
+                if (r["status"] != 200 or kvclient.decode_value(r["record"]) != value)
                 and not (r["status"] == 404 and ttl_of(expires, now) == 0)]
 
 
@@ -435,10 +435,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    store = client.connect(args.url, timeout=args.timeout)
+    store = kvclient.connect(args.url, timeout=args.timeout)
     try:
         return args.run(store, args)
-    except client.KVError as e:
+    except kvclient.KVError as e:
         if args.json:
             _print_json({"error": {"status": e.status, "code": e.code, "message": e.message}})
         print("kv: %s" % e, file=sys.stderr)

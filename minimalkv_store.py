@@ -10,7 +10,7 @@ minimalkv's own ``_check_valid_key``: ValueError), KeyError for a missing
 key, idempotent delete, empty values, ``put_file``/``get_file``/``open``, and
 TTLs through ``TimeToLiveMixin`` (whole seconds on the server: a fractional
 TTL is rounded up, at least 1 s).  Backend failures are ``IOError``
-(``client.KVError`` is an OSError).
+(``kvclient.KVError`` is an OSError).
 """
 
 import io
@@ -20,7 +20,7 @@ from minimalkv import KeyValueStore
 from minimalkv._constants import FOREVER, NOT_SET
 from minimalkv._mixins import TimeToLiveMixin
 
-import client
+import kvclient
 
 
 class HttpStore(TimeToLiveMixin, KeyValueStore):
@@ -32,7 +32,7 @@ class HttpStore(TimeToLiveMixin, KeyValueStore):
     """
 
     def __init__(self, url: str, timeout: float = 10.0, default_ttl_secs=NOT_SET):
-        self._client = client.connect(url, timeout=timeout)
+        self._client = kvclient.connect(url, timeout=timeout)
         self.default_ttl_secs = default_ttl_secs
 
     def close(self):
@@ -41,7 +41,7 @@ class HttpStore(TimeToLiveMixin, KeyValueStore):
     def _delete(self, key: str) -> None:
         try:
             self._client.delete(key)
-        except client.NotFound:
+        except kvclient.NotFound:
             pass
 
     def _get(self, key: str) -> bytes:

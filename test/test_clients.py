@@ -17,7 +17,7 @@ import time
 import unittest
 from unittest import mock
 
-import client
+import kvclient
 import dbservers
 import kvcli
 from minimalkv_store import HttpStore
@@ -60,7 +60,7 @@ def tearDownModule():
 class LibraryTest(unittest.TestCase):
     def setUp(self):
         Service.wipe()
-        self.store = client.connect(Service.start().url, timeout=10)
+        self.store = kvclient.connect(Service.start().url, timeout=10)
         self.addCleanup(self.store.close)
 
     def test_put_get_record_delete(self):
@@ -75,7 +75,7 @@ class LibraryTest(unittest.TestCase):
         self.store.delete("greeting")
         with self.assertRaises(KeyError):
             self.store.get("greeting")
-        with self.assertRaises(client.NotFound) as caught:
+        with self.assertRaises(kvclient.NotFound) as caught:
             self.store.delete("greeting")
         self.assertEqual((caught.exception.status, caught.exception.code), (404, "key_not_found"))
 
@@ -94,14 +94,14 @@ class LibraryTest(unittest.TestCase):
 
     def test_conditions_create_and_compare_and_swap(self):
         first = self.store.create("c", b"1")
-        with self.assertRaises(client.Conflict):
+        with self.assertRaises(kvclient.Conflict):
             self.store.create("c", b"again")
         second = self.store.compare_and_swap("c", first.etag, b"2")
-        with self.assertRaises(client.PreconditionFailed):
+        with self.assertRaises(kvclient.PreconditionFailed):
             self.store.compare_and_swap("c", first.etag, b"3")
-        with self.assertRaises(client.PreconditionFailed):
+        with self.assertRaises(kvclient.PreconditionFailed):
             self.store.put("c", b"4", if_none_match="*")
-        with self.assertRaises(client.PreconditionFailed):
+        with self.assertRaises(kvclient.PreconditionFailed):
             self.store.delete("c", if_match=first.etag)
         self.store.delete("c", if_match=second.etag)
         self.assertEqual(self.store.put("c", b"5", if_none_match="*").version, 4)
@@ -131,23 +131,23 @@ class LibraryTest(unittest.TestCase):
     def test_errors_mirror_the_api(self):
         with self.assertRaises(ValueError) as caught:
             self.store.get("")
-        self.assertIsInstance(caught.exception, client.InvalidKey)
-        with self.assertRaises(client.InvalidKey):
+        self.assertIsInstance(caught.exception, kvclient.InvalidKey)
+        with self.assertRaises(kvclient.InvalidKey):
             self.store.put("a\x00b", b"v")
-        with self.assertRaises(client.BadRequest):
+        with self.assertRaises(kvclient.BadRequest):
             self.store.put("k", b"v", ttl=0)
-        with self.assertRaises(client.TooLarge):
+        with self.assertRaises(kvclient.TooLarge):
             self.store.put("big", b"x" * (1048576 + 1))
         with self.assertRaises(TypeError):
             self.store.put("k", 42)
-        dead = client.connect("http://127.0.0.1:%d" % dbservers.free_port(), timeout=2, retries=1)
-        with self.assertRaises(client.Unavailable) as caught:
+        dead = kvclient.connect("http://127.0.0.1:%d" % dbservers.free_port(), timeout=2, retries=1)
+        with self.assertRaises(kvclient.Unavailable) as caught:
             dead.get("k")
         self.assertIsInstance(caught.exception, OSError)
         for write in (lambda: dead.put("k", b"v", if_match="*"), lambda: dead.delete("k")):
-            with self.assertRaises(client.Unavailable) as caught:      # nothing was sent
+            with self.assertRaises(kvclient.Unavailable) as caught:      # nothing was sent
                 write()
-            self.assertNotIsInstance(caught.exception, client.Indeterminate)
+            self.assertNotIsInstance(caught.exception, kvclient.Indeterminate)
         dead.close()
 
     def test_listing_records_carry_expires(self):
@@ -192,13 +192,13 @@ class LoadFallbackTest(unittest.TestCase):
         Service.wipe()
         args = type("Args", (), {"url": Service.start().url, "timeout": 10})()
         loader = kvcli._Loader(args)
-        with mock.patch.object(client.Store, "batch",
-                               side_effect=client.NotFound(404, "not_found", "no /batch")):
+        with mock.patch.object(kvclient.Store, "batch",
+                               side_effect=kvclient.NotFound(404, "not_found", "no /batch")):
             failures = loader.put([("a", b"1", None), ("b", b"2", time.time() + 60),
                                    ("", b"x", None), ("old", b"3", time.time() - 1)])
         self.assertEqual([(k, s) for k, s, _ in failures], [("", 400)])
         self.assertEqual(loader.expired, ["old"])
-        store = client.connect(args.url)
+        store = kvclient.connect(args.url)
         self.assertEqual(store.keys(), ["a", "b"])
         self.assertIsNotNone(store.get_record("b").expires)
 
@@ -208,11 +208,11 @@ class RetryTest(unittest.TestCase):
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         self.addCleanup(server.shutdown)
-        store = client.connect("http://127.0.0.1:%d" % server.server_address[1], timeout=5)
+        store = kvclient.connect("http://127.0.0.1:%d" % server.server_address[1], timeout=5)
         started = time.monotonic()
         self.assertEqual(store.get("k"), b"value")
         waited = time.monotonic() - started
-        with self.assertRaises(client.Unavailable) as caught:
+        with self.assertRaises(kvclient.Unavailable) as caught:
             store.batch([{"op": "get", "key": "k"}])
         self.assertEqual(caught.exception.retry_after, 1)
         self.assertEqual(store.put("k", b"v").version, 1)
@@ -267,18 +267,18 @@ def answer_losing_proxy(upstream_port, drop, then=None):
 
 
 class LostAnswerTest(unittest.TestCase):
-    """Writes whose answer is lost after the service committed them (client.py)."""
+    """Writes whose answer is lost after the service committed them (kvclient/store.py)."""
 
     def setUp(self):
         Service.wipe()
-        self.direct = client.connect(Service.start().url)
+        self.direct = kvclient.connect(Service.start().url)
         self.addCleanup(self.direct.close)
 
     def through(self, drop, then=None):
         proxy = answer_losing_proxy(Service.start().port, set(drop), then)
         self.addCleanup(proxy.server_close)
         self.addCleanup(proxy.shutdown)
-        store = client.connect("http://127.0.0.1:%d" % proxy.server_address[1], timeout=10)
+        store = kvclient.connect("http://127.0.0.1:%d" % proxy.server_address[1], timeout=10)
         self.addCleanup(store.close)
         return store, proxy.seen
 
@@ -289,7 +289,7 @@ class LostAnswerTest(unittest.TestCase):
         self.assertEqual((swapped.value, swapped.version), (b"2", 2))
         self.assertEqual(swapped.etag, self.direct.get_record("cas").etag)    # written once
         self.assertEqual(seen, [("PUT", 200, "lost"), ("PUT", 412, ""), ("GET", 200, "")])
-        with self.assertRaises(client.PreconditionFailed):      # a plain 412 is still one
+        with self.assertRaises(kvclient.PreconditionFailed):      # a plain 412 is still one
             store.compare_and_swap("cas", first.etag, b"3")
 
     def test_create_if_absent_and_create_whose_answers_were_lost_report_success(self):
@@ -309,21 +309,21 @@ class LostAnswerTest(unittest.TestCase):
         store.delete("gone too", if_match=etag)
         self.assertEqual(seen, [("DELETE", 204, "lost"), ("DELETE", 412, ""), ("GET", 404, "")])
         self.assertEqual(self.direct.keys(), [])
-        with self.assertRaises(client.NotFound):                # a plain 404 is still one
+        with self.assertRaises(kvclient.NotFound):                # a plain 404 is still one
             store.delete("gone")
 
     def test_a_lost_swap_then_overwritten_is_indeterminate(self):
         first = self.direct.put("cas", b"1")
         store, seen = self.through(["PUT"], then=lambda: self.direct.put("cas", b"theirs"))
-        with self.assertRaises(client.Indeterminate) as caught:
+        with self.assertRaises(kvclient.Indeterminate) as caught:
             store.compare_and_swap("cas", first.etag, b"2")
-        self.assertIsInstance(caught.exception, client.Unavailable)
+        self.assertIsInstance(caught.exception, kvclient.Unavailable)
         self.assertEqual(self.direct.get_record("cas").version, 3)
 
     def test_unconditional_put_is_sent_again_and_a_lost_batch_is_indeterminate(self):
         store, seen = self.through(["PUT", "POST"])
         self.assertEqual(store.put("u", b"x").version, 2)          # written twice, same value
-        with self.assertRaises(client.Indeterminate):
+        with self.assertRaises(kvclient.Indeterminate):
             store.batch([{"op": "put", "key": "b", "value": "1"}])
         self.assertEqual(self.direct.get("b"), b"1")
         self.assertEqual([s[:2] for s in seen], [("PUT", 201), ("PUT", 200), ("POST", 200)])
@@ -389,7 +389,7 @@ class CommandLineTest(unittest.TestCase):
         code, out, err = kv("load", path, "--state", state)
         self.assertEqual(code, 0, err)
         self.assertIn(b"resuming after 2000 rows", err)
-        keys = client.connect(Service.start().url).keys()
+        keys = kvclient.connect(Service.start().url).keys()
         self.assertEqual(keys, ["pkg%04d" % i for i in range(2000, 2500)])
         self.assertFalse(os.path.exists(state))
         code, out, err = kv("load", path, "--verify", "--json")
@@ -398,7 +398,7 @@ class CommandLineTest(unittest.TestCase):
         self.assertEqual(json.loads(kv("get", "pkg0007", "--json")[1])["value"], '{"version": "1.0.7"}')
 
     def test_dump_and_restore_keep_values_encodings_and_expiry(self):
-        store = client.connect(Service.start().url)
+        store = kvclient.connect(Service.start().url)
         self.addCleanup(store.close)
         store.put("text", "héllo")
         store.put("binary", b"\x00\xff", ttl=3600)
@@ -427,8 +427,8 @@ class CommandLineTest(unittest.TestCase):
                              {k: doc[k] for k in ("value", "encoding")}, key)
             self.assertEqual("expires" in after[key], "expires" in doc, key)
             if "expires" in doc:                         # the TTL left, rounded up
-                late = (client.parse_time(after[key]["expires"])
-                        - client.parse_time(doc["expires"])).total_seconds()
+                late = (kvclient.parse_time(after[key]["expires"])
+                        - kvclient.parse_time(doc["expires"])).total_seconds()
                 self.assertTrue(0 <= late < 2, (key, late))
         self.assertEqual(before["binary"]["encoding"], "base64")
 
@@ -518,8 +518,8 @@ class MinimalkvStoreTest(unittest.TestCase):
         self.assertTrue(self.store.ttl_support)
         self.store.put("ttl", b"v", ttl_secs=0.2)      # rounded up to 1 s on the server
         self.store.put("forever", b"v", ttl_secs="forever")
-        record = client.connect(Service.start().url).get_record("ttl")
+        record = kvclient.connect(Service.start().url).get_record("ttl")
         self.assertEqual((record.expires - record.modified).total_seconds(), 1)
-        self.assertIsNone(client.connect(Service.start().url).get_record("forever").expires)
+        self.assertIsNone(kvclient.connect(Service.start().url).get_record("forever").expires)
         with self.assertRaises(ValueError):
             self.store.put("bad", b"v", ttl_secs=-1)

@@ -1,17 +1,11 @@
-"""This module provides the Python client of the key-value service (API.md).
-
-    >>> import client
-    >>> store = client.connect("http://127.0.0.1:8080", timeout=5)
-    >>> store.put("greeting", b"hello").version
-    1
-    >>> store.get("greeting")
-    b'hello'
+"""This module provides :class:`Store`, a connection to the key-value service
+(API.md), and :func:`connect`, which opens one.
 
 Values are bytes; a ``str`` value is encoded as UTF-8.  Keys are ``str`` (or
 UTF-8 ``bytes``) and are percent-encoded on the wire, so ``#``, ``?``, ``%``,
 ``/``, quotes and brackets travel as they are.  One keep-alive
 ``requests.Session`` per store.  Errors mirror the API's error codes, see
-:class:`KVError`.
+:class:`kvclient.errors.KVError`.
 
 Retries (``retries`` per call, exponential backoff, honouring Retry-After):
 a request that could not connect never left, and is retried whatever its
@@ -26,8 +20,6 @@ raised.  ``batch`` is never retried once sent.
 """
 
 import base64
-import dataclasses
-import datetime
 import re
 import time
 import urllib.parse
@@ -38,141 +30,14 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
-__all__ = ["connect", "Store", "Record", "decode_value", "parse_time", "KVError", "NotFound",
-           "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict", "TooLarge", "Unavailable",
-           "Indeterminate", "ServerError"]
+from kvclient.errors import Indeterminate, NotFound, Unavailable, error_for
+from kvclient.records import Record, decode_value
+
+__all__ = ["connect", "Store"]
 
 RAW = "application/octet-stream"
 PAGE = 1000
 BACKOFF_SECONDS = 0.1          # the first wait before a retry; doubled each time
-
-
-# -- errors -------------------------------------------------------------------------
-
-class KVError(OSError):
-    """Root of the client's errors.
-
-    :ivar int status: the HTTP status (0 when no answer arrived).
-    :ivar str code: the API error code (``key_not_found``, ...).
-    :ivar str message: the server's message.
-    """
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__("%s %s: %s" % (status, code, message) if status else message)
-        self.status, self.code, self.message = status, code, message
-
-    def __str__(self):
-        return self.args[0]
-
-
-class NotFound(KVError, KeyError):
-    """404: the key is absent or expired."""
-
-
-class InvalidKey(KVError, ValueError):
-    """400 invalid_key: empty, over 512 bytes, a control character, not UTF-8."""
-
-
-class BadRequest(KVError, ValueError):
-    """400: a malformed body or parameter (bad ttl, cursor, ...)."""
-
-
-class PreconditionFailed(KVError):
-    """412: If-Match / If-None-Match did not hold."""
-
-
-class Conflict(KVError):
-    """409: create() of a key that exists."""
-
-
-class TooLarge(KVError, ValueError):
-    """413: the value or body is over the server's limit."""
-
-
-class Unavailable(KVError):
-    """503 (after the retries), or no connection: the key's partitions are unreachable.
-
-    :ivar int retry_after: seconds the server suggested, or None.
-    """
-    retry_after: Optional[int] = None
-
-
-class Indeterminate(Unavailable):
-    """A write was sent but its answer was lost, and no later answer or re-read
-    can tell whether it took effect: read the key to see (status 0, code
-    ``indeterminate``)."""
-
-
-class ServerError(KVError):
-    """Any other 5xx."""
-
-
-def _error(response) -> KVError:
-    try:
-        error = response.json()["error"]
-        code, message = error["code"], error["message"]
-    except (ValueError, KeyError, TypeError):
-        # The text/plain and raw error form: "404 key_not_found: no key 'x'".
-        match = re.match(r"\d{3} ([a-z_]+): (.*)", response.text.strip(), re.S)
-        code, message = match.groups() if match else ("http_%d" % response.status_code,
-                                                      response.text[:200])
-    status = response.status_code
-    if status == 404:
-        cls = NotFound
-    elif status == 400:
-        cls = InvalidKey if code == "invalid_key" else BadRequest
-    else:
-        cls = {409: Conflict, 412: PreconditionFailed, 413: TooLarge,
-               503: Unavailable}.get(status, ServerError if status >= 500 else KVError)
-    exc = cls(status, code, message)
-    if isinstance(exc, Unavailable) and response.headers.get("Retry-After", "").isdigit():
-        exc.retry_after = int(response.headers["Retry-After"])
-    return exc
-
-
-# -- records --------------------------------------------------------------------------
-
-def parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
-    """An API.md timestamp (RFC 3339 UTC, microseconds) as an aware datetime; None stays None."""
-    if text is None:
-        return None
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=datetime.timezone.utc)
-
-
-def decode_value(item: dict) -> bytes:
-    """The bytes of a JSON record or list item (its value and encoding)."""
-    if item.get("encoding") == "base64":
-        return base64.b64decode(item["value"])
-    return item["value"].encode("utf-8")
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """One key as the server holds it.
-
-    ``value`` is bytes; ``version`` counts writes from 1; ``etag`` is the
-    quoted strong ETag for If-Match; ``created``, ``modified`` and ``expires``
-    (None: never) are aware UTC datetimes with microseconds.  A record from a
-    listing (:meth:`Store.iter_records`) has no ``etag`` and no ``created``
-    (None): listing items do not carry them.
-    """
-    key: str
-    value: bytes
-    version: int
-    etag: Optional[str]
-    created: Optional[datetime.datetime]
-    modified: datetime.datetime
-    expires: Optional[datetime.datetime]
-
-    @classmethod
-    def from_json(cls, doc: dict, etag: Optional[str] = None) -> "Record":
-        """Build from an API.md JSON record (or a values=true list item) and
-        the response's ETag."""
-        return cls(doc["key"], decode_value(doc), doc["version"], etag,
-                   parse_time(doc.get("created")), parse_time(doc["modified"]),
-                   parse_time(doc.get("expires")))
-
 
 _ETAG = re.compile(r'(?:W/)?"[^"]*"')
 
@@ -194,8 +59,6 @@ def _bytes(value: Union[str, bytes]) -> bytes:
         raise TypeError("a value is bytes or str, not %s" % type(value).__name__)
     return bytes(value)
 
-
-# -- the store --------------------------------------------------------------------------
 
 def connect(url: str, timeout: float = 10.0, retries: int = 3) -> "Store":
     """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``).
@@ -262,7 +125,7 @@ class Store:
     def _request(self, method: str, path: str, ok=(200,), **kwargs) -> requests.Response:
         response = self._send(method, path, **kwargs)
         if response.status_code not in ok:
-            raise _error(response)
+            raise error_for(response)
         return response
 
     def _write(self, method: str, path: str, **kwargs) -> Tuple[requests.Response, bool]:
@@ -388,7 +251,7 @@ class Store:
 
     def _record(self, response, ok) -> Record:
         if response.status_code not in ok:
-            raise _error(response)
+            raise error_for(response)
         return Record.from_json(response.json(), response.headers.get("ETag"))
 
     def compare_and_swap(self, key, etag: str, value) -> Record:
@@ -417,7 +280,7 @@ class Store:
         if doubtful and response.status_code in (404, 412):
             self._resolve(key, None)
         elif response.status_code != 204:
-            raise _error(response)
+            raise error_for(response)
 
     def __contains__(self, key) -> bool:
         try:
