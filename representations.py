@@ -1,7 +1,7 @@
 """This module provides the wire formats of API.md: renderers of records,
 listings, errors, batch results and health (JSON, XML, text, raw bytes).
-The parsers of request bodies live in :mod:`bodies`; their public names are
-re-exported here for the controller.
+The parsers of request bodies live in :mod:`kv.http.bodies`; their public
+names are re-exported here for the controller.
 
 Renderers are pure functions called by mimerender with the handler's payload
 dict as keyword arguments; exactly one of ``record``, ``listing``, ``error``,
@@ -16,8 +16,9 @@ from xml.sax.saxutils import escape
 
 import orjson
 
-from bodies import (MAX_BATCH_OPS, STRUCTURED_TYPES, etag_list, key_bytes,  # noqa: F401
-                    parse_batch_body, parse_record_body, parse_ttl, structured_limit)
+from kv.http.bodies import (MAX_BATCH_OPS, STRUCTURED_TYPES, etag_list,  # noqa: F401
+                            key_bytes, parse_batch_body, parse_record_body, parse_ttl,
+                            structured_limit)
 
 # Characters XML 1.0 cannot carry (section 2.2), besides surrogates.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

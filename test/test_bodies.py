@@ -1,4 +1,4 @@
-"""Request bodies (bodies.py, through representations) and listing items:
+"""Request bodies (kv/http/bodies.py) and listing items:
 the cost of parsing hostile POST /batch and record bodies is bounded by what
 a valid body holds, not by the body's size, and the refusals are 400s that
 apply nothing; JSON and XML listing items carry ``expires``.
@@ -22,8 +22,8 @@ from xml.etree import ElementTree
 import paste.fixture
 
 import controller
-import representations
-from datastore import InvalidRequest
+from kv.errors import InvalidRequest
+from kv.http.bodies import parse_batch_body, parse_record_body
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
@@ -61,13 +61,13 @@ def hostile_body(name) -> bytes:
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
     sys.path.insert(0, sys.argv[1])
-    import representations
+    from kv.http.bodies import parse_batch_body
     with open(sys.argv[3], "rb") as f:
         body = f.read()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     try:
-        representations.parse_batch_body(sys.argv[2], body)
+        parse_batch_body(sys.argv[2], body)
         outcome = "parsed"
     except Exception as e:
         outcome = "%s: %s" % (type(e).__name__, e)
@@ -115,7 +115,7 @@ class BoundedParsingTest(unittest.TestCase):
                 "if_match": '"1-a"'} for i in range(1000)]
         body = json.dumps({"ops": ops}).encode()
         self.assertGreater(body.count(b",") + body.count(b"{"), 65536)
-        parsed = representations.parse_batch_body("application/json", body)
+        parsed = parse_batch_body("application/json", body)
         self.assertEqual(len(parsed), 1000)
         self.assertEqual(parsed[999], {"op": "put", "key": b"k999", "value": b"{[,]}" * 40,
                                        "ttl": 60, "if_match": ('"1-a"',)})
@@ -132,7 +132,7 @@ class BoundedParsingTest(unittest.TestCase):
                  (b'{"ops":[], "' + b"y" * 1000 + b'": 1}', 'the body must be {"ops": [...]}')]
         for body, words in cases:
             with self.assertRaises(InvalidRequest) as caught:
-                representations.parse_batch_body("application/json", body)
+                parse_batch_body("application/json", body)
             self.assertIn(words, str(caught.exception))
             self.assertLess(len(str(caught.exception)), 200)
 
@@ -141,26 +141,26 @@ class BoundedParsingTest(unittest.TestCase):
         body = ('<batch><op type="put"><key>k</key><value>%s</value></op>'
                 '<op type="put"><key>c</key><value><![CDATA[%s]]></value></op></batch>'
                 % (value.replace("<>", "&lt;&gt;"), "y<" * 50000)).encode()
-        ops = representations.parse_batch_body("application/xml", body)
+        ops = parse_batch_body("application/xml", body)
         self.assertEqual(ops[0]["value"], b"x&<>" * 20000)
         self.assertEqual(ops[1]["value"], b"y<" * 50000)
         long_comment = b"<batch><!--" + b"z" * 200000 + b"--></batch>"
         with self.assertRaises(InvalidRequest) as caught:
-            representations.parse_batch_body("application/xml", long_comment)
+            parse_batch_body("application/xml", long_comment)
         self.assertIn("over 65536 bytes", str(caught.exception))
 
     def test_record_bodies_are_bounded_too(self):
         junk = b'{"value":"v","ttl":[' + b"[]," * 3000000 + b"[]]}"
         started = time.perf_counter()
         with self.assertRaises(InvalidRequest) as caught:
-            representations.parse_record_body("application/json", junk)
+            parse_record_body("application/json", junk)
         self.assertIn("nests deeper than a record body can", str(caught.exception))
         self.assertLess(time.perf_counter() - started, 1.0)
         xml = b"<record><value>v</value>" + b"<ttl/>" * 1000000 + b"</record>"
         with self.assertRaises(InvalidRequest) as caught:
-            representations.parse_record_body("application/xml", xml)
+            parse_record_body("application/xml", xml)
         self.assertIn("at most 3 elements in <record>", str(caught.exception))
-        self.assertEqual(representations.parse_record_body(
+        self.assertEqual(parse_record_body(
             "application/json", b'{"key":"k","value":"dg==","encoding":"base64","ttl":5}'),
             {"key": "k", "value": b"v", "ttl": 5})
 

@@ -27,6 +27,8 @@ from kv.records import MAX_TTL_SECONDS
 
 STRUCTURED_TYPES = ("application/json", "application/xml", "text/xml",
                     "application/x-www-form-urlencoded")
+#: The media types :func:`parse_batch_body` reads.
+BATCH_TYPES = ("application/json", "application/xml", "text/xml")
 MAX_BATCH_OPS = 1000
 
 
