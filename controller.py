@@ -3,83 +3,32 @@
 Handlers parse the path, query and headers, make one datastore call and return
 a dict that mimerender hands to the negotiated renderer (representations.py).
 The only place where an exception becomes an HTTP status is
-:data:`ERROR_STATUS`.  Request bodies are read in bounded chunks, never past
-the configured limit.
+kv.http.errors.ERROR_STATUS; the request is read by kv.http.request and
+kv.http.conditional.
 
 Run: ``python controller.py [HOST:]PORT`` (web.py's own server, cheroot), or in
 production ``granian --interface wsgi --factory controller:create_application``
 (README, "Running in production").
 """
 
-import functools
 import logging
 import re
 import sys
 import urllib.parse
-from email.utils import formatdate, parsedate_to_datetime
 
-import mimeparse
 import mimerender
 import web
 
 import representations as rep
-from datastore import (DEFAULT_BUCKET, Condition, Datastore, DatastoreError, InvalidKey,
-                       InvalidRequest, KeyExists, KeyNotFound, PartitionUnavailable,
-                       PreconditionFailed, ValueTooLarge, open_store)
-from kv.records import weak_match
+from datastore import DEFAULT_BUCKET, Datastore, open_store
+from kv.errors import InvalidRequest
+from kv.http.conditional import not_modified, record_headers, write_condition
+from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of, status_line
+from kv.http.request import path_key, query, read_body, read_write_request, request_media_type
+from kv.records import Condition
 
 web.config.debug = False          # web.py turns it on under gunicorn otherwise (STYLE.md 1f)
 log = logging.getLogger("kv.controller")
-
-CHUNK_BYTES = 65536
-
-
-class HTTPProblem(DatastoreError):
-    """An HTTP-level error of this module (405, 406, 415, unknown path, ...)."""
-
-    def __init__(self, status: int, code: str, message: str, headers=()):
-        super().__init__(message)
-        self.status, self.code, self.headers = status, code, list(headers)
-
-
-#: Exception class -> HTTP status, most specific first.  The only such table.
-ERROR_STATUS = (
-    (InvalidKey, 400),
-    (InvalidRequest, 400),
-    (ValueTooLarge, 413),
-    (KeyNotFound, 404),
-    (KeyExists, 409),
-    (PreconditionFailed, 412),
-    (PartitionUnavailable, 503),
-)
-
-STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
-               400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-               406: "Not Acceptable", 409: "Conflict", 412: "Precondition Failed",
-               413: "Content Too Large", 415: "Unsupported Media Type",
-               500: "Internal Server Error", 503: "Service Unavailable"}
-
-
-def _status(code: int) -> str:
-    return "%d %s" % (code, STATUS_TEXT[code])
-
-
-def problem_of(exc: Exception):
-    """Map an exception to (status, code, message, headers); log unexpected ones.
-
-    :returns: tuple (int, str, str, list of (name, value)).
-    """
-    if isinstance(exc, HTTPProblem):
-        return exc.status, exc.code, exc.message, exc.headers
-    for cls, status in ERROR_STATUS:
-        if isinstance(exc, cls):
-            headers = []
-            if isinstance(exc, PartitionUnavailable):
-                headers.append(("Retry-After", str(exc.retry_after_seconds)))
-            return status, exc.code, exc.message, headers
-    log.exception("unexpected error")
-    return 500, "internal_error", "internal error; the details are in the server log", []
-
 
 # -- content negotiation (mimerender, python-mimeparse) ----------------------
 
@@ -141,159 +90,13 @@ def endpoint(method):
         headers = list(headers)
         if _mime() == "text/plain":
             headers.append(("Content-Type", "text/plain; charset=utf-8"))
-        return payload, _status(status), headers
+        return payload, status_line(status), headers
     return _negotiate(run)
 
 
 @endpoint
 def _render_problem(exc):
     raise exc
-
-
-# -- request parsing ------------------------------------------------------
-
-def query() -> dict:
-    """The query string as a dict (last value wins), decoded as strict UTF-8.
-
-    :raises InvalidRequest: for invalid percent-encoding or more than 100 fields.
-    """
-    if "kv_query" not in web.ctx:
-        try:
-            web.ctx.kv_query = dict(urllib.parse.parse_qsl(
-                web.ctx.env.get("QUERY_STRING", ""), keep_blank_values=True,
-                errors="strict", max_num_fields=100))
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidRequest("the query string is not valid UTF-8 form encoding") from None
-    return web.ctx.kv_query
-
-
-def read_body(limit: int, what: str = "body") -> bytes:
-    """Read the request body, at most ``limit`` bytes, in 64 KiB chunks.
-
-    A ``Content-Length`` over the limit is refused before anything is read.
-
-    :raises ValueTooLarge: over the limit.
-    :raises InvalidRequest: bad Content-Length or a body cut short.
-    """
-    env = web.ctx.env
-    length = env.get("CONTENT_LENGTH") or ""
-    stream = env["wsgi.input"]
-    if length:
-        if not length.isdigit():
-            raise InvalidRequest("Content-Length is not a number")
-        size = int(length)
-        if size > limit:
-            raise ValueTooLarge(size, limit, what)
-    elif "chunked" in env.get("HTTP_TRANSFER_ENCODING", "").lower():
-        size = None
-    else:
-        return b""
-    chunks, total = [], 0
-    while size is None or total < size:
-        want = CHUNK_BYTES if size is None else min(CHUNK_BYTES, size - total)
-        chunk = stream.read(want)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        if total > limit:
-            raise ValueTooLarge(total, limit, what)
-    if size is not None and total < size:
-        raise InvalidRequest("the body is shorter than Content-Length")
-    return b"".join(chunks)
-
-
-def request_media_type() -> str:
-    """The request's media type, lower case, without parameters ("" if none)."""
-    content_type = web.ctx.env.get("CONTENT_TYPE", "").strip()
-    if not content_type:
-        return ""
-    try:
-        kind, sub, _ = mimeparse.parse_mime_type(content_type)
-    except mimeparse.MimeTypeParseException:
-        raise HTTPProblem(415, "unsupported_media_type",
-                          "Content-Type %r cannot be parsed" % content_type) from None
-    return "%s/%s" % (kind.lower(), sub.lower())
-
-
-def read_write_request(settings, with_key: bool):
-    """Parse a PUT/POST body into (key or None, value bytes, ttl seconds or None).
-
-    The body format follows Content-Type (API.md "Request bodies").
-
-    :raises HTTPProblem: 415 for an unsupported Content-Type.
-    :raises InvalidRequest, InvalidKey, ValueTooLarge: for bad bodies.
-    """
-    media = request_media_type()
-    limit = settings.max_value_bytes
-    if media in ("", "text/plain", "application/octet-stream"):
-        fields = {"value": read_body(limit, "value")}
-        if with_key and "key" in query():
-            fields["key"] = query()["key"]
-    elif media in rep.STRUCTURED_TYPES:
-        fields = rep.parse_record_body(media, read_body(rep.structured_limit(limit)))
-    else:
-        raise HTTPProblem(415, "unsupported_media_type",
-                          "Content-Type %s is not supported; use application/json, "
-                          "application/xml, application/x-www-form-urlencoded, text/plain or "
-                          "application/octet-stream" % media)
-    if "ttl" in query():
-        if "ttl" in fields:
-            raise InvalidRequest("ttl is given both in the query and in the body")
-        fields["ttl"] = query()["ttl"]
-    value = fields.get("value")
-    if value is None:
-        raise InvalidRequest("the body has no value")
-    if len(value) > limit:
-        raise ValueTooLarge(len(value), limit)
-    ttl = rep.parse_ttl(fields["ttl"]) if fields.get("ttl") is not None else None
-    key = None
-    if with_key:
-        if fields.get("key") is None:
-            raise InvalidRequest("the body has no key")
-        key = rep.key_bytes(fields["key"])
-    return key, value, ttl
-
-
-def write_condition(create_only=False) -> Condition:
-    """The Condition of this request's If-Match / If-None-Match headers."""
-    env = web.ctx.env
-    if_match = env.get("HTTP_IF_MATCH")
-    if_none_match = env.get("HTTP_IF_NONE_MATCH")
-    return Condition(rep.etag_list(if_match) if if_match is not None else None,
-                     rep.etag_list(if_none_match) if if_none_match is not None else None,
-                     create_only)
-
-
-def path_key() -> bytes:
-    """The key of /keys/{key}, as bytes, percent-decoded exactly once.
-
-    Servers disagree on ``%2F`` in PATH_INFO (gunicorn decodes it, cheroot
-    keeps it), so the raw request target is decoded here when the server
-    passes it (REQUEST_URI, RAW_URI); else PATH_INFO, latin-1 per PEP 3333.
-    """
-    env = web.ctx.env
-    script = env.get("SCRIPT_NAME", "").encode("latin-1")
-    raw = env.get("REQUEST_URI") or env.get("RAW_URI")
-    if raw:
-        target = raw.split("?", 1)[0]
-        if "://" in target:                       # absolute-form request target
-            target = "/" + target.split("://", 1)[1].partition("/")[2]
-        path = urllib.parse.unquote_to_bytes(target)
-    else:
-        path = script + env.get("PATH_INFO", "").encode("latin-1", "replace")
-    return path[len(script) + len(b"/keys/"):]
-
-
-@functools.lru_cache(maxsize=4096)
-def http_date(seconds: int) -> str:
-    """IMF-fixdate of a Unix time in seconds (RFC 9110 section 5.6.7)."""
-    return formatdate(seconds, usegmt=True)
-
-
-def record_headers(record, partition):
-    return [("ETag", record.etag), ("Last-Modified", http_date(record.modified_us // 1_000_000)),
-            ("X-Partition", partition)]
 
 
 def check_representable(value: bytes) -> None:
@@ -316,22 +119,6 @@ def record_response(record, partition, status):
     return {"record": record}, status, record_headers(record, partition)
 
 
-def _not_modified(record) -> bool:
-    """RFC 9110 section 13.1.2 and 13.1.3 for GET/HEAD."""
-    env = web.ctx.env
-    if_none_match = env.get("HTTP_IF_NONE_MATCH")
-    if if_none_match is not None:
-        tags = rep.etag_list(if_none_match)
-        return tags == "*" or weak_match(record.etag, tags)
-    since = env.get("HTTP_IF_MODIFIED_SINCE")
-    if since:
-        try:
-            return record.modified_us // 1_000_000 <= int(parsedate_to_datetime(since).timestamp())
-        except (TypeError, ValueError, IndexError):
-            return False      # an invalid date is ignored (RFC 9110 section 13.1.3)
-    return False
-
-
 # -- resources ------------------------------------------------------------
 
 class KeyResource:
@@ -340,7 +127,7 @@ class KeyResource:
     @endpoint
     def GET(self, _):
         record, partition = web.ctx.store.get(DEFAULT_BUCKET, path_key())
-        if _not_modified(record):
+        if not_modified(record):
             return {"empty": True}, 304, record_headers(record, partition)
         return record_response(record, partition, 200)
 
@@ -479,7 +266,7 @@ def _processor(store):
                 status, "method_not_allowed" if status == 405 else "not_found",
                 "%s is not allowed here" % ctx.method if status == 405 else "not found",
                 [("Allow", allow[0])] if allow else []))
-        except DatastoreError as e:          # raised before a handler ran
+        except CLIENT_ERRORS as e:           # raised before a handler ran
             ctx.kv_format = None
             ctx.headers = []
             body = _render_problem(e)
