@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "test")]
 
 import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
-import kvcli  # noqa: E402
+from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
 
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     with open(os.path.join(WORK, "bench.lua"), "w") as f:
         f.write(LUA)
     started_all = time.monotonic()
-    rows = list(kvcli.read_tsv(DATA))[:args.keys]
+    rows = list(bulk.read_tsv(DATA))[:args.keys]
     keys = [k for k, _ in rows]
     paths = os.path.join(WORK, "paths")
     with open(paths, "w") as f:
@@ -308,10 +308,10 @@ def main(argv=None) -> int:
         _wait(url + "/health")
         print("loading %d keys ..." % len(keys), flush=True)
         load_args = argparse.Namespace(url=url, timeout=60, connections=4)
-        loader = kvcli._Loader(load_args)
+        loader = bulk.Loader(load_args)
         t = time.monotonic()
-        kvcli._run("load", [[(k, v, None) for k, v in rows[i:i + 1000]]
-                            for i in range(0, len(rows), 1000)], loader.put, 4)
+        bulk.run_chunks("load", [[(k, v, None) for k, v in rows[i:i + 1000]]
+                                 for i in range(0, len(rows), 1000)], loader.put, 4)
         results["load_rows_per_second"] = len(rows) / (time.monotonic() - t)
         groups = {"service": lambda: children(service.pid),
                   "mariadb": lambda: [s.process.pid for s in servers]}

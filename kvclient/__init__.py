@@ -12,7 +12,10 @@ The package imports no module of the server.  Its parts:
 - :mod:`kvclient.store`: :func:`connect` and :class:`Store`, the library
   (transport, retries, the rules for a write whose answer was lost);
 - :mod:`kvclient.records`: :class:`Record` and the decoding of JSON records;
-- :mod:`kvclient.errors`: :class:`KVError` and its subclasses.
+- :mod:`kvclient.errors`: :class:`KVError` and its subclasses;
+- :mod:`kvclient.cli`: the ``kv`` command line (arguments, exit codes), with
+  its single-key commands in :mod:`kvclient.commands` and load, dump and
+  restore in :mod:`kvclient.bulk`.
 
 This module re-exports the library's public names.
 """

@@ -95,4 +95,3 @@ def error_for(response) -> KVError:
     if isinstance(exc, Unavailable) and response.headers.get("Retry-After", "").isdigit():
         exc.retry_after = int(response.headers["Retry-After"])
     return exc
-

@@ -50,4 +50,3 @@ class Record:
         return cls(doc["key"], decode_value(doc), doc["version"], etag,
                    parse_time(doc.get("created")), parse_time(doc["modified"]),
                    parse_time(doc.get("expires")))
-

@@ -17,9 +17,9 @@ import time
 import unittest
 from unittest import mock
 
-import kvclient
 import dbservers
-import kvcli
+import kvclient
+from kvclient import bulk
 from minimalkv_store import HttpStore
 import test_server
 
@@ -191,7 +191,7 @@ class LoadFallbackTest(unittest.TestCase):
     def test_load_puts_one_key_at_a_time_where_the_server_has_no_batch(self):
         Service.wipe()
         args = type("Args", (), {"url": Service.start().url, "timeout": 10})()
-        loader = kvcli._Loader(args)
+        loader = bulk.Loader(args)
         with mock.patch.object(kvclient.Store, "batch",
                                side_effect=kvclient.NotFound(404, "not_found", "no /batch")):
             failures = loader.put([("a", b"1", None), ("b", b"2", time.time() + 60),

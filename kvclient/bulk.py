@@ -1,14 +1,8 @@
-"""kv: the command line of the key-value service (this module provides it).
-
-    kv [--url URL] [--json] COMMAND ...     (URL also from $KV_URL)
-
-Commands: get, set, create, delete, ls, load, dump, restore; ``kv COMMAND
---help`` tells more.  Output is for humans unless ``--json`` is given.
-Exit codes: 0 ok, 1 not found, 2 usage or invalid input, 3 precondition
-failed or conflict, 4 unavailable (or a server error).
+"""This module provides the bulk commands of ``kv``: load (a TSV or JSON-lines
+file, 1000 keys per POST /batch over parallel connections, resumable), dump
+(every key as a JSON line) and restore (a dump loaded back, expiry included).
 """
 
-import argparse
 import base64
 import concurrent.futures
 import csv
@@ -21,110 +15,13 @@ import time
 
 import tqdm
 
-import kvclient
+from kvclient.commands import EXIT_OK, EXIT_UNAVAILABLE, print_json
+from kvclient.errors import KVError, NotFound
+from kvclient.records import decode_value, parse_time
+from kvclient.store import connect
 
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 BATCH = 1000
 
-
-def _exit_code(error: kvclient.KVError) -> int:
-    if isinstance(error, kvclient.NotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(error, (kvclient.PreconditionFailed, kvclient.Conflict)):
-        return EXIT_PRECONDITION
-    if isinstance(error, (kvclient.Unavailable, kvclient.ServerError)):
-        return EXIT_UNAVAILABLE
-    return EXIT_USAGE
-
-
-def _record_json(record: kvclient.Record) -> dict:
-    try:
-        value, encoding = record.value.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        value, encoding = base64.b64encode(record.value).decode("ascii"), "base64"
-    return {"key": record.key, "value": value, "encoding": encoding, "version": record.version,
-            "etag": record.etag, "created": record.created.isoformat(),
-            "modified": record.modified.isoformat(),
-            "expires": record.expires.isoformat() if record.expires else None}
-
-
-def _print_json(doc) -> None:
-    print(json.dumps(doc, ensure_ascii=False))
-
-
-def _value_of(args) -> bytes:
-    if args.file is not None and args.value is not None:
-        raise SystemExit("kv: give the value as an argument or with --file, not both")
-    if args.file is not None:
-        with open(args.file, "rb") as f:
-            return f.read()
-    if args.value is None or args.value == "-":
-        return sys.stdin.buffer.read()
-    return args.value.encode("utf-8")
-
-
-# -- single-key commands ------------------------------------------------------------
-
-def cmd_get(store, args) -> int:
-    if args.json:
-        _print_json(_record_json(store.get_record(args.key)))
-    else:
-        sys.stdout.buffer.write(store.get(args.key))
-        sys.stdout.buffer.flush()
-    return EXIT_OK
-
-
-def cmd_set(store, args) -> int:
-    record = store.put(args.key, _value_of(args), ttl=args.ttl, if_match=args.if_match)
-    return _report(args, record, "stored")
-
-
-def cmd_create(store, args) -> int:
-    record = store.create(args.key, _value_of(args), ttl=args.ttl)
-    return _report(args, record, "created")
-
-
-def _report(args, record, verb) -> int:
-    if args.json:
-        _print_json(_record_json(record))
-    else:
-        print("%s %s (version %d, etag %s)" % (verb, record.key, record.version, record.etag))
-    return EXIT_OK
-
-
-def cmd_delete(store, args) -> int:
-    store.delete(args.key, if_match=args.if_match)
-    if not args.json:
-        print("deleted %s" % args.key)
-    else:
-        _print_json({"deleted": args.key})
-    return EXIT_OK
-
-
-def cmd_ls(store, args) -> int:
-    for page in store.pages(args.prefix, args.delimiter, values=args.values):
-        entries = [("key", item) for item in page["items"]] + \
-                  [("prefix", p) for p in page["prefixes"]]
-        entries.sort(key=lambda e: (e[1]["key"] if e[0] == "key" else e[1]).encode("utf-8"))
-        for kind, entry in entries:
-            if args.json:
-                _print_json(entry if kind == "key" else {"prefix": entry})
-            elif kind == "prefix":
-                print(entry)
-            elif args.long or args.values:
-                fields = [entry["key"]]
-                if args.long:
-                    fields += ["v%d" % entry["version"], entry["modified"]]
-                if args.values:
-                    fields.append(entry["value"] if entry.get("encoding") == "utf-8"
-                                  else "base64:" + entry["value"])
-                print("\t".join(fields))
-            else:
-                print(entry["key"])
-    return EXIT_OK
-
-
-# -- bulk commands ----------------------------------------------------------------------
 
 def read_tsv(path):
     """(key, value bytes) of a TSV file with a header line: the first column is
@@ -147,8 +44,8 @@ def read_jsonl(stream):
             continue
         try:
             doc = json.loads(line)
-            expires = kvclient.parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
-            yield doc["key"], kvclient.decode_value(doc), expires
+            expires = parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
+            yield doc["key"], decode_value(doc), expires
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
 
@@ -172,7 +69,7 @@ def _jsonl_rows(path):
         return list(read_jsonl(f))
 
 
-class _Loader:
+class Loader:
     """Sends rows (key, value, expires) in batches of 1000 over N connections,
     resumably.  A row's TTL is computed when its batch is sent (:func:`ttl_of`);
     rows expired by then are not sent, and their keys are kept in ``expired``."""
@@ -184,7 +81,7 @@ class _Loader:
 
     def store(self):
         if not hasattr(self.local, "store"):
-            self.local.store = kvclient.connect(self.args.url, timeout=self.args.timeout)
+            self.local.store = connect(self.args.url, timeout=self.args.timeout)
         return self.local.store
 
     def live(self, chunk):
@@ -209,7 +106,7 @@ class _Loader:
             ops.append(op)
         try:
             results = self.store().batch(ops) if ops else []
-        except kvclient.NotFound:          # a server without POST /batch: one PUT per row
+        except NotFound:          # a server without POST /batch: one PUT per row
             return self.put_each(rows)
         return [(key, r["status"], (r.get("error") or {}).get("message"))
                 for (key, _, _), r in zip(rows, results) if r["status"] not in (200, 201)]
@@ -219,7 +116,7 @@ class _Loader:
         for key, value, ttl in rows:
             try:
                 self.store().put(key, value, ttl=ttl)
-            except kvclient.KVError as e:
+            except KVError as e:
                 failures.append((key, e.status, e.message))
         return failures
 
@@ -227,7 +124,7 @@ class _Loader:
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
         now = time.time()
         return [(key, r["status"], "differs") for (key, value, expires), r in zip(chunk, results)
-                if (r["status"] != 200 or kvclient.decode_value(r["record"]) != value)
+                if (r["status"] != 200 or decode_value(r["record"]) != value)
                 and not (r["status"] == 404 and ttl_of(expires, now) == 0)]
 
 
@@ -235,7 +132,7 @@ def _state_path(args) -> str:
     return args.state or ".kv-load-%s.state" % os.path.basename(args.file)
 
 
-def _run(label, chunks, work, connections, skip=0, on_done=None):
+def run_chunks(label, chunks, work, connections, skip=0, on_done=None):
     """Run work(chunk) for the chunks from index ``skip`` on, on ``connections``
     threads, with a progress bar; ``on_done(n)`` is told when the first n chunks
     are all done.  Prints rows/s; returns the failures [(key, status, message)]."""
@@ -270,7 +167,7 @@ def cmd_load(store, args, rows=None) -> int:
         else:
             rows = _jsonl_rows(args.file)
     chunks = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
-    loader = _Loader(args)
+    loader = Loader(args)
     state_path, skip = None, 0
     if getattr(args, "file", None) and args.file != "-":
         state_path = _state_path(args)
@@ -286,12 +183,12 @@ def cmd_load(store, args, rows=None) -> int:
             with open(state_path + ".tmp", "w") as f:
                 json.dump({"file": identity, "batches_done": finished}, f)
             os.replace(state_path + ".tmp", state_path)
-    failures = _run("load", chunks, loader.put, args.connections, skip,
+    failures = run_chunks("load", chunks, loader.put, args.connections, skip,
                     save if state_path else None)
     if state_path and os.path.exists(state_path):
         os.remove(state_path)      # every batch was sent: a rerun starts over (failed rows too)
     if args.verify:
-        failures += _run("verify", chunks, loader.check, args.connections)
+        failures += run_chunks("verify", chunks, loader.check, args.connections)
         failures += _check_listing(store, rows, args)
     for key, status, message in failures[:10]:
         print("failed: %r -> %s %s" % (key, status, message or ""), file=sys.stderr)
@@ -304,7 +201,7 @@ def _summary(args, rows, failures, expired) -> int:
         print("skipped %d keys that had expired before they were sent, e.g. %r"
               % (len(expired), sorted(expired)[:3]), file=sys.stderr)
     if args.json:
-        _print_json({"rows": len(rows), "failed": len(failures), "expired": len(expired)})
+        print_json({"rows": len(rows), "failed": len(failures), "expired": len(expired)})
     else:
         print("%s: %d rows%s, %d failed%s" % (
             "OK" if not failures else "FAILED", len(rows),
@@ -366,89 +263,3 @@ def cmd_restore(store, args) -> int:
     the TTL left (rounded up) when it is sent; keys already expired then are
     skipped and counted."""
     return cmd_load(store, args, _jsonl_rows(args.file))
-
-
-# -- argument parsing ----------------------------------------------------------------------
-
-def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="kv", description=__doc__.split("\n\n")[0])
-    common = argparse.ArgumentParser(add_help=False)
-    # The common options go before or after the command; only the main parser
-    # has defaults, so a subcommand that is not given one does not clobber it.
-    for parser_, defaults in ((main, True), (common, False)):
-        parser_.add_argument("--url", default=os.environ.get("KV_URL", "http://127.0.0.1:8080")
-                             if defaults else argparse.SUPPRESS,
-                             help="the service (default $KV_URL or http://127.0.0.1:8080)")
-        parser_.add_argument("--json", action="store_true",
-                             default=False if defaults else argparse.SUPPRESS,
-                             help="output JSON for scripts")
-        parser_.add_argument("--timeout", type=float, default=30 if defaults else argparse.SUPPRESS,
-                             help="seconds per request (30)")
-    sub = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("get", parents=[common], help="print a value (or its record with --json)")
-    p.add_argument("key")
-    p.set_defaults(run=cmd_get)
-    for name, run, help_text in (("set", cmd_set, "create or replace a key"),
-                                 ("create", cmd_create, "create a key; fails if it exists")):
-        p = sub.add_parser(name, parents=[common], help=help_text,
-                           description=help_text + ". The value comes from VALUE, --file or stdin.")
-        p.add_argument("key")
-        p.add_argument("value", nargs="?", help="the value (default: stdin; - for stdin)")
-        p.add_argument("--file", help="read the value from this file")
-        p.add_argument("--ttl", type=int, help="seconds until the key expires")
-        if name == "set":
-            p.add_argument("--if-match", help="write only if the key's ETag is this (or *)")
-        else:
-            p.set_defaults(if_match=None)
-        p.set_defaults(run=run)
-    p = sub.add_parser("delete", parents=[common], help="delete a key")
-    p.add_argument("key")
-    p.add_argument("--if-match", help="delete only if the key's ETag is this")
-    p.set_defaults(run=cmd_delete)
-    p = sub.add_parser("ls", parents=[common], help="list keys")
-    p.add_argument("--prefix")
-    p.add_argument("--delimiter", help="roll keys up to this delimiter into prefixes")
-    p.add_argument("--values", action="store_true", help="print values too")
-    p.add_argument("--long", action="store_true", help="print version and modified time")
-    p.set_defaults(run=cmd_ls)
-    for name, run, help_text in (
-            ("load", cmd_load, "load a TSV (first column = key) or JSON-lines file"),
-            ("restore", cmd_restore, "load a kv dump (JSON lines; - for stdin)")):
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text +
-                           ", 1000 keys per POST /batch over parallel connections. Resumable: "
-                           "an interrupted load continues where it stopped.")
-        p.add_argument("file")
-        p.add_argument("--connections", type=int, default=4, help="parallel connections (4)")
-        p.add_argument("--verify", action="store_true",
-                       help="then read every key back and check the listing")
-        p.add_argument("--state", help="resume file (default .kv-load-FILE.state here)")
-        if name == "load":
-            p.add_argument("--format", choices=["tsv", "jsonl"], help="default: by extension")
-        p.set_defaults(run=run)
-    p = sub.add_parser("dump", parents=[common],
-                      help="every key, value and expiry as JSON lines")
-    p.add_argument("-o", "--output", help="file (default stdout)")
-    p.set_defaults(run=cmd_dump)
-    return main
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    store = kvclient.connect(args.url, timeout=args.timeout)
-    try:
-        return args.run(store, args)
-    except kvclient.KVError as e:
-        if args.json:
-            _print_json({"error": {"status": e.status, "code": e.code, "message": e.message}})
-        print("kv: %s" % e, file=sys.stderr)
-        return _exit_code(e)
-    except OSError as e:
-        print("kv: %s" % e, file=sys.stderr)
-        return EXIT_USAGE
-    finally:
-        store.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
