@@ -1,10 +1,12 @@
-"""This module provides the HTTP API of ../shared/API.md as a web.py application.
+"""This module provides the HTTP API of ../shared/API.md as a web.py application:
+the URL map, the per-request processor, the handler classes and the
+application factory.  The HTTP machinery lives in :mod:`kv.http`: request
+parsing, conditional requests, content negotiation over the table of
+representations, and the one table that turns an exception into a status.
 
-Handlers parse the path, query and headers, make one datastore call and return
-a dict that mimerender hands to the negotiated renderer (representations.py).
-The only place where an exception becomes an HTTP status is
-kv.http.errors.ERROR_STATUS; the request is read by kv.http.request and
-kv.http.conditional.
+A handler parses the path, query and headers, makes one datastore call and
+returns ``(payload, status, headers)``, the payload a dict of one kind
+(``{"record": record}``) that the negotiated renderer turns into bytes.
 
 Run: ``python controller.py [HOST:]PORT`` (web.py's own server, cheroot), or in
 production ``granian --interface wsgi --factory controller:create_application``
@@ -16,98 +18,20 @@ import re
 import sys
 import urllib.parse
 
-import mimerender
 import web
 
-import representations as rep
 from datastore import DEFAULT_BUCKET, Datastore, open_store
 from kv.errors import InvalidRequest
+from kv.http.bodies import BATCH_TYPES, parse_batch_body
 from kv.http.conditional import not_modified, record_headers, write_condition
-from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of, status_line
+from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
+from kv.http.negotiation import endpoint, format_override, render_problem, require
+from kv.http.representations import BATCH, EMPTY, HEALTH, LISTING, RECORD
 from kv.http.request import path_key, query, read_body, read_write_request, request_media_type
 from kv.records import Condition
 
 web.config.debug = False          # web.py turns it on under gunicorn otherwise (STYLE.md 1f)
 log = logging.getLogger("kv.controller")
-
-# -- content negotiation (mimerender, python-mimeparse) ----------------------
-
-for _short, _types in (("appxml", ("application/xml", "text/xml")),
-                       ("raw", ("application/octet-stream",))):
-    try:
-        mimerender.register_mime(_short, _types)
-    except mimerender.MimeRenderException:   # module imported twice
-        pass
-
-FORMATS = {"json": "json", "xml": "appxml", "text": "txt", "raw": "raw"}
-SUPPORTED_TYPES = "application/json, application/xml, text/xml, text/plain, application/octet-stream"
-
-
-class _MimeRender(mimerender.WebPyMimeRender):
-    """mimerender for web.py, reading ``?format=`` from the query string only.
-
-    The stock class calls ``web.input()``, which reads the whole request body.
-    """
-
-    def _get_request_parameter(self, key, default=None):
-        return web.ctx.get("kv_format") or default
-
-    def _make_response(self, content, headers, status):
-        # web.header() re-validates every value; ours are built from ASCII
-        # (ETags, dates, percent-encoded keys) and hold no line breaks.
-        web.ctx.status = status
-        web.ctx.headers.extend(headers)
-        return content
-
-
-def _not_acceptable(accept, supported):
-    return "text/plain; charset=utf-8", (
-        "406 Not Acceptable: no representation matches Accept: %s\nsupported: %s\n"
-        % (accept, SUPPORTED_TYPES))
-
-
-_negotiate = _MimeRender(global_default="json", global_override_input_key="format",
-                         global_not_acceptable_callback=_not_acceptable)(
-    json=rep.render_json, appxml=rep.render_xml, txt=rep.render_text, raw=rep.render_raw)
-
-
-def _mime() -> str:
-    return web.ctx.get("mimerender_mime", "application/json")
-
-
-def endpoint(method):
-    """Decorate a handler method: negotiate its representation, map its errors.
-
-    The method returns ``(payload dict, status int, headers list)``; any
-    exception becomes the error payload through :func:`problem_of`.
-    """
-    def run(*args):
-        try:
-            payload, status, headers = method(*args)
-        except Exception as e:           # every error gets a negotiated body
-            status, code, message, headers = problem_of(e)
-            payload = {"error": (status, code, message)}
-        headers = list(headers)
-        if _mime() == "text/plain":
-            headers.append(("Content-Type", "text/plain; charset=utf-8"))
-        return payload, status_line(status), headers
-    return _negotiate(run)
-
-
-@endpoint
-def _render_problem(exc):
-    raise exc
-
-
-def check_representable(value: bytes) -> None:
-    """Refuse, before any write, an answer the negotiated type cannot carry
-    (API.md: a 406 never follows a committed write).
-
-    :raises HTTPProblem: 406 when the value is not UTF-8 and text/plain was asked for.
-    """
-    if not rep.representable(_mime(), value):
-        raise HTTPProblem(406, "not_acceptable", "the value is not UTF-8 text; ask for "
-                          "application/octet-stream or application/json")
 
 
 def record_response(record, partition, status):
@@ -115,8 +39,8 @@ def record_response(record, partition, status):
 
     :raises HTTPProblem: 406 when the negotiated type cannot carry this value.
     """
-    check_representable(record.value)
-    return {"record": record}, status, record_headers(record, partition)
+    require(RECORD, record.value)
+    return {RECORD: record}, status, record_headers(record, partition)
 
 
 # -- resources ------------------------------------------------------------
@@ -124,37 +48,34 @@ def record_response(record, partition, status):
 class KeyResource:
     """/keys/{key}: GET, HEAD, PUT, DELETE of one key."""
 
-    @endpoint
+    @endpoint(RECORD)
     def GET(self, _):
         record, partition = web.ctx.store.get(DEFAULT_BUCKET, path_key())
         if not_modified(record):
-            return {"empty": True}, 304, record_headers(record, partition)
+            return {EMPTY: True}, 304, record_headers(record, partition)
         return record_response(record, partition, 200)
 
-    @endpoint
+    @endpoint(RECORD)
     def PUT(self, _):
         key = path_key()
         store = web.ctx.store
         condition = write_condition()
         _, value, ttl = read_write_request(store.settings, with_key=False)
-        check_representable(value)
+        require(RECORD, value)
         record, created, partition = store.put(DEFAULT_BUCKET, key, value, ttl, condition)
         return record_response(record, partition, 201 if created else 200)
 
-    @endpoint
+    @endpoint(EMPTY)
     def DELETE(self, _):
         _, partition = web.ctx.store.delete(DEFAULT_BUCKET, path_key(), write_condition())
-        return {"empty": True}, 204, [("X-Partition", partition)]
+        return {EMPTY: True}, 204, [("X-Partition", partition)]
 
 
 class KeyList:
     """/keys: GET, HEAD (listing) and POST (create a new key)."""
 
-    @endpoint
+    @endpoint(LISTING)
     def GET(self):
-        if _mime() == "application/octet-stream":
-            raise HTTPProblem(406, "not_acceptable",
-                              "a listing has no application/octet-stream representation")
         q = query()
         values = q.get("values", "false")
         if values not in ("true", "false"):
@@ -171,13 +92,13 @@ class KeyList:
             headers.append(("Link", '</keys?%s>; rel="next"' % urllib.parse.urlencode(args)))
         if listing.unavailable:
             headers.append(("X-Partitions-Unavailable", ", ".join(listing.unavailable)))
-        return {"listing": listing}, 200, headers
+        return {LISTING: listing}, 200, headers
 
-    @endpoint
+    @endpoint(RECORD)
     def POST(self):
         store = web.ctx.store
         key, value, ttl = read_write_request(store.settings, with_key=True)
-        check_representable(value)
+        require(RECORD, value)
         record, _, partition = store.put(DEFAULT_BUCKET, key, value, ttl, Condition(create_only=True))
         payload, status, headers = record_response(record, partition, 201)
         headers.append(("Location", "/keys/" + urllib.parse.quote(key, safe="")))
@@ -187,22 +108,21 @@ class KeyList:
 class Batch:
     """/batch: POST many reads and writes in one request."""
 
-    @endpoint
+    @endpoint(BATCH, takes=BATCH_TYPES)
     def POST(self):
         store = web.ctx.store
-        media = request_media_type()
-        if media not in ("application/json", "application/xml", "text/xml"):
-            raise HTTPProblem(415, "unsupported_media_type",
-                              "POST /batch takes application/json or application/xml")
-        if _mime() not in ("application/json", "application/xml", "text/xml"):
-            raise HTTPProblem(406, "not_acceptable", "a batch answer is JSON or XML")
-        ops = rep.parse_batch_body(media, read_body(store.settings.max_batch_bytes))
+        ops = parse_batch_body(request_media_type(), read_body(store.settings.max_batch_bytes))
         results = store.batch(DEFAULT_BUCKET, ops)
-        return {"batch": [op_result(op, result) for op, result in zip(ops, results)]}, 200, []
+        return {BATCH: [op_result(op, result) for op, result in zip(ops, results)]}, 200, []
 
 
 def op_result(op, result):
-    """(status, record or None, error tuple or None) of one batch op's result."""
+    """(status, record or None, error tuple or None) of one batch op's result:
+    what the single-key request would have answered (API.md "Batch").
+
+    :param dict op: an op of parse_batch_body (``op["op"]`` is get, put or delete).
+    :param result: the datastore's result of that op, or the exception it raised.
+    """
     if isinstance(result, Exception):
         status, code, message, _ = problem_of(result)
         return status, None, (status, code, message)
@@ -217,18 +137,18 @@ def op_result(op, result):
 class Health:
     """/health: 200 when every partition answers, else 503."""
 
-    @endpoint
+    @endpoint(HEALTH)
     def GET(self):
         report = web.ctx.store.health()
         down = [name for name, _, reason in report if reason]
         headers = [("Retry-After", "2")] if down else []
-        return {"health": report}, 503 if down else 200, headers
+        return {HEALTH: report}, 503 if down else 200, headers
 
 
 class Unknown:
     """Any other path: 404."""
 
-    @endpoint
+    @endpoint()
     def GET(self, path):
         raise HTTPProblem(404, "not_found", "no resource at /%s" % path)
 
@@ -249,12 +169,7 @@ def _processor(store):
         ctx = web.ctx
         ctx.store = store
         try:
-            fmt = query().get("format")
-            if fmt is not None and fmt not in FORMATS:
-                status = 406 if fmt == "html" else 400
-                raise HTTPProblem(status, "bad_format" if status == 400 else "not_acceptable",
-                                  "format must be one of %s" % ", ".join(FORMATS))
-            ctx.kv_format = FORMATS.get(fmt)
+            ctx.kv_format = format_override(query().get("format"))
             body = handler()
         except web.HTTPError:
             allow = [v for k, v in ctx.headers if k.lower() == "allow"]
@@ -262,14 +177,14 @@ def _processor(store):
                 allow = [allow[0].replace("GET", "GET, HEAD", 1)]
             status = int(ctx.status.split()[0])
             ctx.headers = []
-            body = _render_problem(HTTPProblem(
+            body = render_problem(HTTPProblem(
                 status, "method_not_allowed" if status == 405 else "not_found",
                 "%s is not allowed here" % ctx.method if status == 405 else "not found",
                 [("Allow", allow[0])] if allow else []))
         except CLIENT_ERRORS as e:           # raised before a handler ran
             ctx.kv_format = None
             ctx.headers = []
-            body = _render_problem(e)
+            body = render_problem(e)
         if isinstance(body, str):
             body = body.encode("utf-8")
         body = body or b""

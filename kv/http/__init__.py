@@ -1,8 +1,11 @@
-"""The HTTP layer of ../shared/API.md (controller.py is its entry point),
-one concern per module:
+"""The HTTP layer of ../shared/API.md, one concern per module:
 
 - :mod:`kv.http.errors`: HTTPProblem and the one table that turns an
   exception into an HTTP status (ERROR_STATUS, problem_of);
+- :mod:`kv.http.representations`: the wire formats and the one table of
+  payload kind x format -> renderer (a missing cell is 406);
+- :mod:`kv.http.negotiation`: mimerender wired to that table, and the
+  ``endpoint`` decorator every handler method wears;
 - :mod:`kv.http.request`: what a handler reads from the request (query,
   bounded body, Content-Type, the key of the path, a PUT/POST record);
 - :mod:`kv.http.conditional`: If-Match / If-None-Match / If-Modified-Since
