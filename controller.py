@@ -99,7 +99,8 @@ class KeyList:
         store = web.ctx.store
         key, value, ttl = read_write_request(store.settings, with_key=True)
         require(RECORD, value)
-        record, _, partition = store.put(DEFAULT_BUCKET, key, value, ttl, Condition(create_only=True))
+        record, _, partition = store.put(DEFAULT_BUCKET, key, value, ttl,
+                                         Condition(create_only=True))
         payload, status, headers = record_response(record, partition, 201)
         headers.append(("Location", "/keys/" + urllib.parse.quote(key, safe="")))
         return payload, status, headers

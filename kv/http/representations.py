@@ -67,7 +67,8 @@ def _table(*rows) -> Dict[str, Dict[str, Renderer]]:
     table = {}
     for kind, *cells in rows:
         if len(cells) != len(FORMATS):
-            raise ValueError("row %s has %d cells for %d formats" % (kind, len(cells), len(FORMATS)))
+            raise ValueError("row %s has %d cells for %d formats"
+                             % (kind, len(cells), len(FORMATS)))
         table[kind] = {fmt.name: cell for fmt, cell in zip(FORMATS, cells) if cell is not None}
     for fmt in FORMATS:
         if not {ERROR, EMPTY} <= {kind for kind, cells in table.items() if fmt.name in cells}:
