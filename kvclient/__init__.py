@@ -15,7 +15,9 @@ The package imports no module of the server.  Its parts:
 - :mod:`kvclient.errors`: :class:`KVError` and its subclasses;
 - :mod:`kvclient.cli`: the ``kv`` command line (arguments, exit codes), with
   its single-key commands in :mod:`kvclient.commands` and load, dump and
-  restore in :mod:`kvclient.bulk`.
+  restore in :mod:`kvclient.bulk`;
+- :mod:`kvclient.minimalkv_store`: :class:`HttpStore`, a minimalkv store
+  (not imported here: it needs minimalkv).
 
 This module re-exports the library's public names.
 """

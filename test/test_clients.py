@@ -20,7 +20,7 @@ from unittest import mock
 import dbservers
 import kvclient
 from kvclient import bulk
-from minimalkv_store import HttpStore
+from kvclient.minimalkv_store import HttpStore
 import test_server
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

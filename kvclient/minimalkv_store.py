@@ -20,7 +20,8 @@ from minimalkv import KeyValueStore
 from minimalkv._constants import FOREVER, NOT_SET
 from minimalkv._mixins import TimeToLiveMixin
 
-import kvclient
+from kvclient.errors import NotFound
+from kvclient.store import connect
 
 
 class HttpStore(TimeToLiveMixin, KeyValueStore):
@@ -32,7 +33,7 @@ class HttpStore(TimeToLiveMixin, KeyValueStore):
     """
 
     def __init__(self, url: str, timeout: float = 10.0, default_ttl_secs=NOT_SET):
-        self._client = kvclient.connect(url, timeout=timeout)
+        self._client = connect(url, timeout=timeout)
         self.default_ttl_secs = default_ttl_secs
 
     def close(self):
@@ -41,7 +42,7 @@ class HttpStore(TimeToLiveMixin, KeyValueStore):
     def _delete(self, key: str) -> None:
         try:
             self._client.delete(key)
-        except kvclient.NotFound:
+        except NotFound:
             pass
 
     def _get(self, key: str) -> bytes:
