@@ -141,7 +141,7 @@ def put_record(bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[in
     """The record a put writes after ``current`` (raises if ``condition`` fails).
 
     The one definition of a put: the one-round-trip UPDATE of
-    partitions.Partition._overwrite_live does the same in SQL, and the
+    kv.storage.partition.Partition._overwrite_live does the same in SQL, and the
     contract test test_an_overwrite_does_what_its_make_would holds the two
     equal on both engines.
     """

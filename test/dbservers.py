@@ -15,7 +15,7 @@ import time
 import MySQLdb
 
 from kv.configuration import PartitionSettings
-from engines import MySQLPartition
+from kv.storage.engines import MySQLPartition
 
 PASSWORD = "kv-test-password"
 _ROOT = tempfile.mkdtemp(prefix="kv-mariadb-")

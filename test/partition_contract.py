@@ -1,6 +1,6 @@
 """The storage contracts, run against every engine (STYLE.md 9).
 
-``PartitionContract`` checks one :class:`partitions.Partition`; concrete test
+``PartitionContract`` checks one :class:`kv.storage.partition.Partition`; concrete test
 classes mix it into ``unittest.TestCase`` and implement ``make_partition()``.
 ``StoreContract`` checks the :class:`datastore.Datastore` router on top of
 partitions; concrete classes implement ``make_store()``.  Neither name starts
@@ -12,11 +12,10 @@ import threading
 from unittest import mock
 
 import datastore
-from kv import records
-import partitions
-import sync
 from datastore import Condition, Record
-from partitions import WriteRequest
+from kv import records
+from kv.cluster import listing
+from kv.storage.partition import WriteRequest
 
 BUCKET = b"default"
 HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
@@ -25,16 +24,23 @@ INVALID_KEYS = [b"", b"\x00", b"a\nb", b"\x7f", b"k" * 513, b"\xff\xfe", b"\xc3"
 
 
 @contextlib.contextmanager
-def clock_offset(seconds: float):
-    """Run the data layer's clock ``seconds`` ahead (TTL tests without sleeping)."""
-    real = partitions.now_us
+def clock_offset(store, seconds: float):
+    """Run ``store``'s clock (and its partitions') ``seconds`` ahead: TTL
+    tests without sleeping.  The clock is injected, not patched."""
+    real = store.clock
 
     def shifted():
         return real() + int(seconds * 1_000_000)
-    with mock.patch.object(partitions, "now_us", shifted), \
-            mock.patch.object(datastore, "now_us", shifted), \
-            mock.patch.object(sync, "now_us", shifted):
+    clocks = [(p, p.clock) for p in store.partitions.values()]
+    store.clock = shifted
+    for partition, _ in clocks:
+        partition.clock = shifted
+    try:
         yield
+    finally:
+        store.clock = real
+        for partition, clock in clocks:
+            partition.clock = clock
 
 
 def _put(partition, key, value, modified=None, deleted=False, expires=None):
@@ -438,7 +444,7 @@ class StoreContract:
         record, _, _ = self.store.put(BUCKET, b"short", b"v", ttl_seconds=60)
         self.assertEqual(record.expires_us, record.modified_us + 60_000_000)
         self.store.put(BUCKET, b"long", b"v")
-        with clock_offset(61):
+        with clock_offset(self.store, 61):
             with self.assertRaises(datastore.KeyNotFound):
                 self.store.get(BUCKET, b"short")
             self.assertEqual([r.key for r in self.store.list(BUCKET).items], [b"long"])
@@ -517,7 +523,7 @@ class StoreContract:
 
     def test_a_page_ends_at_the_row_budget_with_a_cursor(self):
         self._tombstones(700)
-        with mock.patch.object(datastore, "LIST_ROW_BUDGET", 100):
+        with mock.patch.object(listing, "LIST_ROW_BUDGET", 100):
             page = self.store.list(BUCKET, limit=5)
             self.assertEqual((page.items, page.prefixes), ([], []))
             self.assertIsNotNone(page.next)
@@ -528,13 +534,13 @@ class StoreContract:
     def test_a_page_of_values_ends_at_the_byte_budget(self):
         keys = [b"v%02d" % i for i in range(20)]
         self.store.batch(BUCKET, [{"op": "put", "key": k, "value": k * 500} for k in keys])
-        with mock.patch.object(datastore, "LIST_VALUE_BYTES", 3000):
+        with mock.patch.object(listing, "LIST_VALUE_BYTES", 3000):
             page = self.store.list(BUCKET, limit=100, values=True)
             self.assertEqual([r.key for r in page.items], keys[:2])     # 1,500 bytes each
             self.assertIsNotNone(page.next)
             listed, values, _ = self._walk(limit=100, values=True)
             self.assertEqual((listed, values), (keys, [k * 500 for k in keys]))
-            with mock.patch.object(datastore, "LIST_VALUE_BYTES", 10):
+            with mock.patch.object(listing, "LIST_VALUE_BYTES", 10):
                 page = self.store.list(BUCKET, limit=100, values=True)   # one value at least
                 self.assertEqual([r.value for r in page.items], [keys[0] * 500])
 

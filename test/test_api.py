@@ -216,7 +216,7 @@ class ApiContract:
     def test_ttl_expiry(self):
         self.put("t", b"v", TEXT, status=201, query="?ttl=10")
         self.get(k("t"), status=200)
-        with clock_offset(11):
+        with clock_offset(self.wsgi.store, 11):
             self.get(k("t"), status=404)
             self.assertEqual(json.loads(self.get("/keys").body)["items"], [])
 

@@ -4,7 +4,7 @@ import threading
 import time
 import unittest
 
-from coalescing import Coalescer
+from kv.storage.coalescing import Coalescer
 
 
 class Recorder:

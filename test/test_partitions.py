@@ -10,7 +10,7 @@ import dbservers
 from kv.configuration import PartitionSettings, Settings, SyncSettings
 from datastore import Datastore
 from partition_contract import PartitionContract, StoreContract
-from engines import MySQLPartition, SQLitePartition
+from kv.storage.engines import MySQLPartition, SQLitePartition
 from kv.errors import PartitionUnavailable
 
 

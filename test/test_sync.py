@@ -14,6 +14,7 @@ from unittest import mock
 
 import dbservers
 import sync
+from kv.sync import phases
 from kv.configuration import Settings, SyncSettings
 from datastore import Datastore, KeyNotFound, Record, now_us
 from partition_contract import _put, clock_offset
@@ -101,7 +102,7 @@ class SyncTest(SyncHarness, unittest.TestCase):
             with self.assertRaises(KeyNotFound):
                 self.store.get(B, b"k%d" % i)
         # Past tombstone_days the tombstones are purged everywhere, and still nothing returns.
-        with clock_offset(8 * 86400):
+        with clock_offset(self.store, 8 * 86400):
             code, out = self.sync()
             self.assertIn("purged=100", out)
             for i in range(50):
@@ -135,7 +136,7 @@ class SyncTest(SyncHarness, unittest.TestCase):
         self.store.put(B, b"short", b"v", ttl_seconds=60)
         self.store.put(B, b"long", b"v")
         self.sync()
-        with clock_offset(61 + sync.EXPIRY_GRACE_SECONDS):
+        with clock_offset(self.store, 61 + sync.EXPIRY_GRACE_SECONDS):
             code, out = self.sync()
         self.assertIn("purged=2", out)
         self.assertEqual(set(self.holders(3)), {b"long"})
@@ -336,7 +337,7 @@ class DataSafetyTest(SyncHarness, unittest.TestCase):
     """Change order, stranded writes, replicas and the lease (the data-safety issue)."""
 
     def test_a_web_node_whose_clock_runs_ahead_stops_no_other_write_from_replicating(self):
-        with clock_offset(60):
+        with clock_offset(self.store, 60):
             for i in range(20):
                 self.store.put(B, b"fast-%d" % i, b"v")
         self.assertEqual(self.sync()[0], 0)
@@ -417,12 +418,12 @@ class DataSafetyTest(SyncHarness, unittest.TestCase):
     def test_losing_the_lease_partition_mid_pass_ends_the_pass_cleanly(self):
         for i in range(300):
             self.store.put(B, b"k%d" % i, b"v")
-        real = sync.converge
+        real = phases.converge
 
         def converge_then_lose_the_lease(pass_, name, rows):
             self.down(self.store, "partition-1")            # it holds the lease
             return real(pass_, name, rows)
-        with mock.patch.object(sync, "converge", converge_then_lose_the_lease):
+        with mock.patch.object(phases, "converge", converge_then_lose_the_lease):
             code, out = self.sync()
         self.assertEqual(code, 1, out)
         self.assertRegex(out, r"sync: scanned=\d+ copied=\d+ moved=0 purged=0 conflicts=0 "

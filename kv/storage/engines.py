@@ -1,7 +1,7 @@
 """This module provides the partition engines: MySQL/MariaDB through
 mysqlclient (pooled with SQLAlchemy's QueuePool) and embedded SQLite.
 
-Each overrides only what differs from the :class:`partitions.Partition`
+Each overrides only what differs from the :class:`kv.storage.partition.Partition`
 contract: connecting, starting a transaction, the placeholder style, quoting
 for folded statements (MySQL), the schema's spellings (SQLite) and the
 classification of driver errors.  :data:`ENGINES` maps ``engine =`` in
@@ -13,8 +13,11 @@ import re
 import threading
 import time
 
+from typing import Callable
+
 from kv.configuration import PartitionSettings
-from partitions import Partition
+from kv.records import now_us
+from kv.storage.partition import Partition
 
 PING_AFTER_IDLE_SECONDS = 1.0   # a pooled connection idle this long is pinged before use
 STATEMENT_SHARE = 0.75          # max_statement_time as a share of read_timeout_seconds
@@ -47,8 +50,8 @@ class MySQLPartition(Partition):
     CLOSE_EPOCH = ("SET STATEMENT max_statement_time = 0.25 FOR "
                    + Partition.CLOSE_EPOCH)
 
-    def __init__(self, settings: PartitionSettings):
-        super().__init__(settings)
+    def __init__(self, settings: PartitionSettings, clock: Callable[[], int] = now_us):
+        super().__init__(settings, clock)
         import MySQLdb
         import MySQLdb.constants.CLIENT
         import sqlalchemy.exc
@@ -169,8 +172,8 @@ class SQLitePartition(Partition):
                        " modified_us = excluded.modified_us, expires_us = excluded.expires_us,"
                        " deleted = excluded.deleted, change_epoch = excluded.change_epoch")
 
-    def __init__(self, settings: PartitionSettings):
-        super().__init__(settings)
+    def __init__(self, settings: PartitionSettings, clock: Callable[[], int] = now_us):
+        super().__init__(settings, clock)
         import sqlite3
         self._sqlite3 = sqlite3
         self.driver_errors = (sqlite3.Error,)
@@ -240,6 +243,6 @@ class SQLitePartition(Partition):
 ENGINES = {"mysql": MySQLPartition, "sqlite": SQLitePartition}
 
 
-def make_partition(settings: PartitionSettings) -> Partition:
+def make_partition(settings: PartitionSettings, clock: Callable[[], int] = now_us) -> Partition:
     """Build the partition of ``settings.engine`` (a key of :data:`ENGINES`)."""
-    return ENGINES[settings.engine](settings)
+    return ENGINES[settings.engine](settings, clock)

@@ -1,0 +1,281 @@
+"""This module provides partitions: the storage of one shard of the key space.
+
+:class:`Partition` is the contract (documented in its docstring): client reads
+and writes here, the calls of sync in kv.storage.replication, the SQL
+machinery in kv.storage.connection; the engines in kv.storage.engines
+(MySQL through mysqlclient, embedded SQLite) override only connecting,
+transaction start and the translation of driver errors.  A partition stores
+what it is given and never calls up into the router.
+"""
+
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from kv.configuration import PartitionSettings
+from kv.errors import DatastoreError, PartitionUnavailable
+from kv.records import Record, now_us, winner_key
+from kv.storage.coalescing import Coalescer
+from kv.storage.connection import COLUMNS, NO_VALUE, Connection, record_of
+from kv.storage.replication import ReplicationCalls
+from kv.storage.transaction import Transaction
+
+#: The most single-key reads / writes one coalesced query / transaction takes.
+COALESCE_READS = 64
+COALESCE_WRITES = 64
+
+#: ``elsewhere(keys)`` of a write: (key -> the newest copy on the other
+#: partitions that may hold one, key -> PartitionUnavailable for the keys
+#: whose other partitions could not all be read).
+Elsewhere = Callable[[List[bytes]], Tuple[Dict[bytes, Record], Dict[bytes, PartitionUnavailable]]]
+
+
+class WriteRequest(NamedTuple):
+    """One single-key write queued for :meth:`Partition.write`.
+
+    ``make(current, now_us)`` returns the record to store or raises;
+    ``elsewhere`` reads the key's other copies (:data:`Elsewhere`); ``strict``
+    says the outcome depends on the current copy (a delete or a condition), so
+    the other copies are always read and an unreachable one fails the write;
+    ``overwrite`` = (value, ttl_seconds) marks an unconditional put that may
+    take the one-round-trip path.
+    """
+    bucket: bytes
+    key: bytes
+    make: Callable[[Optional[Record], int], Record]
+    elsewhere: Optional[Elsewhere] = None
+    overwrite: Optional[Tuple[bytes, Optional[int]]] = None
+    strict: bool = False
+
+
+class Partition(ReplicationCalls, Connection):
+    """One partition: a table ``kv_rows`` in one database, reached through a driver.
+
+    Contract (every engine, checked by test/partition_contract.py):
+
+    - ``read`` returns the stored row of (bucket, key) as it is, tombstones
+      and expired rows included (the router decides what is live), or None.
+    - ``write`` runs ``make(current, now_us)`` inside one transaction that
+      holds the row lock, and stores the record it returns: the check and the
+      write are atomic, so of concurrent conditional writes exactly one wins.
+    - Every row a client write stores carries the partition's change epoch
+      (database_definition.sql, kv_change_epoch), read under a shared lock at
+      the start of the transaction; a copy stored by sync carries 0.
+      :meth:`close_epoch` raises the epoch once every transaction that read
+      the old one has committed, so the rows of a closed epoch are all there:
+      change order never depends on a client's clock.
+    - Concurrent ``read`` calls of one process share one query, and
+      concurrent ``write`` calls one transaction (coalescing.py); each call
+      still sees every write that completed before it began.
+    - ``scan`` returns rows (tombstones included) in byte order of key.
+    - Any failure to reach the database, or a timeout, raises
+      :class:`PartitionUnavailable` (the driver exception in ``original``).
+      When the database is unreachable (``down``) the partition then counts
+      as down for ``retry_interval_seconds`` and fails fast meanwhile; a lock
+      wait or statement timeout, a full connection pool or a refused
+      statement is not ``down`` and marks nothing.  Nothing else leaks driver
+      exceptions.
+
+    :param PartitionSettings settings: the partition's section of the configuration.
+    """
+
+    def __init__(self, settings: PartitionSettings, clock: Callable[[], int] = now_us):
+        super().__init__(settings, clock)
+        self._reads = Coalescer(self._read_batch, COALESCE_READS)
+        self._writes = Coalescer(self._write_batch, COALESCE_WRITES)
+
+    def read(self, bucket: bytes, key: bytes) -> Optional[Record]:
+        """The stored row of (bucket, key), tombstones and expired rows included.
+
+        Concurrent calls are coalesced into one :meth:`read_many` query.
+
+        :returns: :class:`Record` or None.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        return self._reads.submit((bucket, key))
+
+    def _read_batch(self, items: List[Tuple[bytes, bytes]]) -> List[Optional[Record]]:
+        found = self.read_many(items)
+        return [found.get(item) for item in items]
+
+    def read_many(self, keys: Sequence[Tuple[bytes, bytes]]) -> dict:
+        """The stored rows of many (bucket, key) pairs, 500 keys a query.
+
+        :returns: dict (bucket, key) -> :class:`Record` for the rows that exist.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        with self._cursor() as cursor:
+            return self._select_many(cursor, keys, lock=False)
+
+    def scan(self, bucket: bytes, start: bytes, inclusive: bool, end: Optional[bytes],
+             limit: int) -> List[Tuple[Record, int]]:
+        """Rows of ``bucket`` with start <(=) key < end in key byte order,
+        without their values (a listing reads the values of the keys it
+        returns afterwards, within its byte budget).
+
+        :param bytes start: first key (``inclusive``) or the key to start after.
+        :param bytes end: exclusive upper bound, or None.
+        :param int limit: at most this many rows.
+        :returns: list of (:class:`Record` with an empty value, the value's
+            size in bytes), tombstones and expired rows included.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        sql = ("SELECT " + NO_VALUE + ", LENGTH(value) FROM kv_rows WHERE bucket = %s"
+               " AND k " + (">=" if inclusive else ">") + " %s")
+        params = [bucket, start]
+        if end is not None:
+            sql += " AND k < %s"
+            params.append(end)
+        sql += " ORDER BY k LIMIT %s"
+        params.append(limit)
+        with self._cursor() as cursor:
+            cursor.execute(self._sql(sql), params)
+            return [(record_of(row), row[8]) for row in cursor.fetchall()]
+
+    def write(self, request: WriteRequest) -> Tuple[Record, Optional[Record]]:
+        """Atomically read-check-write one key (a :class:`WriteRequest`).
+
+        ``current`` is this partition's row, or, when that is missing or not
+        live, the newer of it and the newest copy ``request.elsewhere`` finds
+        on the other partitions (so versions continue and preconditions hold
+        before sync has copied a key here); for a ``strict`` request the other
+        copies are read whatever this row is, and when one of them cannot be
+        read the write fails with that :class:`PartitionUnavailable` (API.md:
+        a write decided on the current copy answers 503 rather than deciding
+        on a stale replica).  ``make(current, now_us)`` returns the record to
+        store or raises (nothing is then written for this call).
+
+        Concurrent calls are coalesced into one :meth:`write_many`
+        transaction per bucket, applied in arrival order: a later call on the
+        same key sees the record of the earlier one as ``current``.
+
+        ``overwrite`` = (value, ttl_seconds) says that ``make`` is an
+        unconditional put of that value (API.md PUT without preconditions):
+        on an engine that folds statements, a batch of such calls on distinct
+        live rows, with at most FOLD_BYTES of values in all, is then written
+        without running ``make``, in one round trip (lock, update, read back,
+        commit); rows that are missing or not live go the ``make`` way.
+
+        :returns: (record stored, current).
+        :raises PartitionUnavailable: when the database does not answer.
+        :raises Exception: whatever ``make`` raises.
+        """
+        return self._writes.submit(request)
+
+    def _write_batch(self, items: List[WriteRequest]) -> list:
+        if not (self.FOLDS and all(item.overwrite is not None for item in items)
+                and len({item.bucket for item in items}) == 1
+                and len({item.key for item in items}) == len(items)
+                and sum(len(item.overwrite[0]) for item in items) <= Transaction.FOLD_BYTES):
+            return self._make_batch(items)
+        try:
+            done = self._transact(lambda tx: self._overwrite_live(tx, items), stamp=True)
+        except DatastoreError as e:
+            return [e] * len(items)
+        rest = [i for i in range(len(items)) if i not in done]
+        for i, outcome in zip(rest, self._make_batch([items[i] for i in rest])):
+            done[i] = outcome
+        return [done[i] for i in range(len(items))]
+
+    def _overwrite_live(self, tx: Transaction, items: List[WriteRequest]) -> dict:
+        """The one-round-trip write of :meth:`write` (``overwrite`` given,
+        one bucket, distinct keys): lock the rows, update the live ones with
+        one statement, read them back, commit.  Returns index -> (record,
+        current) for the rows that were live, which got written.
+
+        The UPDATE does what ``make`` does to a live row: version + 1,
+        modified_us = max(now, modified_us + 1), created_us kept, the new
+        value and TTL (expires_us is assigned before modified_us, so it reads
+        the old one whatever the sql_mode); test/partition_contract.py checks
+        that both ways store the same records.
+        """
+        bucket, now = items[0].bucket, self.clock()
+        keys = [item.key for item in items]
+        match = " WHERE bucket = %s AND k IN (" + ", ".join(["%s"] * len(keys)) + ")"
+        where = " FROM kv_rows" + match
+        values, expires = [], []
+        for item in items:
+            value, ttl = item.overwrite
+            values += [item.key, value]
+            expires += [item.key, now, ttl * 1_000_000] if ttl else [item.key]
+        update = ("UPDATE kv_rows SET value = CASE k" + " WHEN %s THEN %s" * len(items)
+                  + " END, version = version + 1, expires_us = CASE k"
+                  + "".join(" WHEN %s THEN GREATEST(%s, modified_us + 1) + %s" if item.overwrite[1]
+                            else " WHEN %s THEN NULL" for item in items)
+                  + " END, modified_us = GREATEST(%s, modified_us + 1), change_epoch = "
+                  + self.EPOCH + match + " AND deleted = 0 AND (expires_us IS NULL OR expires_us > %s)")
+        results = tx.final([("SELECT " + COLUMNS + where + self.FOR_UPDATE, [bucket] + keys),
+                            (update, values + expires + [now, bucket] + keys + [now]),
+                            ("SELECT " + NO_VALUE + where, [bucket] + keys)])
+        before = {record.key: record for record in map(record_of, results[0][0])}
+        after = {record.key: record for record in map(record_of, results[2][0])}
+        return {i: (after[item.key]._replace(value=item.overwrite[0]), before[item.key])
+                for i, item in enumerate(items)
+                if item.key in before and before[item.key].is_live(now)}
+
+    def _make_batch(self, items: List[WriteRequest]) -> list:
+        outcomes: list = [None] * len(items)
+        by_bucket: dict = {}
+        for i, item in enumerate(items):
+            by_bucket.setdefault(item.bucket, []).append(i)
+        for bucket, indexes in by_bucket.items():
+            def apply(current, now, unknown, indexes=indexes):
+                final = {}
+                for i in indexes:
+                    item = items[i]
+                    if item.strict and item.key in unknown:
+                        outcomes[i] = unknown[item.key]
+                        continue
+                    previous = current.get(item.key)
+                    try:
+                        record = item.make(previous, now)
+                    except Exception as e:     # this call fails; the others go on
+                        outcomes[i] = e
+                        continue
+                    outcomes[i] = (record, previous)
+                    current[item.key] = final[item.key] = record
+                return final
+            group = [items[i] for i in indexes]
+            try:
+                self.write_many(bucket, list(dict.fromkeys(item.key for item in group)), apply,
+                                next((item.elsewhere for item in group if item.elsewhere), None),
+                                {item.key for item in group if item.strict})
+            except DatastoreError as e:
+                for i in indexes:
+                    outcomes[i] = e
+        return outcomes
+
+    def write_many(self, bucket: bytes, keys: Sequence[bytes],
+                   apply: Callable[[dict, int, dict], dict],
+                   elsewhere: Optional[Elsewhere] = None, strict=frozenset()) -> dict:
+        """Atomically read-check-write many keys of one bucket (POST /batch).
+
+        One transaction: the rows of ``keys`` are locked; for those missing or
+        not live here, and for every key in ``strict``, ``elsewhere(keys)``
+        (:data:`Elsewhere`) reads the other copies and the newer one counts;
+        then ``apply(current, now_us, unknown)`` gets key -> Record or None,
+        and key -> PartitionUnavailable for the ``strict`` keys whose other
+        copies could not all be read (their outcome is not to be decided
+        here), and returns key -> Record to store for the keys it changed.
+        Locked rows are updated in place by one multi-row upsert, new ones
+        written by one multi-row INSERT (a concurrent insert of the same key
+        makes the whole call run again), each stamped with the change epoch.
+
+        :returns: what ``apply`` returned.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        def body(cursor):
+            locked = self._select_many(cursor, [(bucket, k) for k in keys], True)
+            stored = {k: r for (_, k), r in locked.items()}
+            now = self.clock()
+            current = dict(stored)
+            ask = [k for k in keys if k in strict or k not in stored or not stored[k].is_live(now)]
+            unknown = {}
+            if ask and elsewhere is not None:
+                newest, unreachable = elsewhere(ask)
+                for key, other in newest.items():
+                    if current.get(key) is None or winner_key(other) > winner_key(current[key]):
+                        current[key] = other
+                unknown = {k: e for k, e in unreachable.items() if k in strict}
+            final = apply(current, now, unknown)
+            self._store_many(cursor, list(final.values()), locked, self.EPOCH)
+            return final
+        return self._transact(body, stamp=True)
