@@ -14,33 +14,6 @@ from typing import Optional, Tuple
 __all__ = ["ConfigurationError", "Settings", "PartitionSettings", "SyncSettings",
            "load_config", "DEFAULTS", "default_path"]
 
-#: Defaults per section; the unit is in each option's name or comment.
-DEFAULTS = {
-    "server": {
-        "max_value_bytes": 1048576,        # 1 MiB
-        "max_batch_bytes": 16777216,       # 16 MiB
-    },
-    "cluster": {
-        "replicas": 1,
-    },
-    "partition": {
-        "pool_size": 16,                   # connections per process (MySQL): one per thread
-        "connect_timeout_seconds": 1,
-        "read_timeout_seconds": 1,
-        "write_timeout_seconds": 1,
-        "retry_interval_seconds": 2,       # how long a failed partition counts as down
-        "port": 3306,
-        "host": "127.0.0.1",
-        "user": "kv",
-        "password": "",
-        "database": "kv",
-    },
-    "sync": {
-        "tombstone_days": 7,
-        "batch_size": 1000,                # rows
-    },
-}
-
 MAX_VALUE_BYTES_LIMIT = 16 * 1024 * 1024 - 1   # MEDIUMBLOB
 ENGINES = ("mysql", "sqlite")
 
@@ -74,18 +47,18 @@ class PartitionSettings:
     user: str = "kv"
     password: str = dataclasses.field(default="", repr=False)
     database: str = "kv"
-    pool_size: int = 16
+    pool_size: int = 16                    # connections per process (MySQL): one per thread
     connect_timeout_seconds: int = 1
     read_timeout_seconds: int = 1
     write_timeout_seconds: int = 1
-    retry_interval_seconds: int = 2
+    retry_interval_seconds: int = 2        # how long a failed partition counts as down
 
 
 @dataclasses.dataclass(frozen=True)
 class SyncSettings:
     """The ``[sync]`` section: tombstone_days (days), batch_size (rows)."""
     tombstone_days: int = 7
-    batch_size: int = 1000
+    batch_size: int = 1000                 # rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +74,21 @@ class Settings:
     replicas: int
     partitions: Tuple[PartitionSettings, ...]
     sync: SyncSettings
+
+
+def _defaults(cls) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING and f.name != "path"}
+
+
+#: Defaults per section, the unit in each option's name or comment; those of
+#: the partition and sync sections are the dataclasses' own (one definition).
+DEFAULTS = {
+    "server": {"max_value_bytes": 1048576, "max_batch_bytes": 16777216},   # 1 MiB, 16 MiB
+    "cluster": {"replicas": 1},
+    "partition": _defaults(PartitionSettings),
+    "sync": _defaults(SyncSettings),
+}
 
 
 def default_path() -> str:

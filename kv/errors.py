@@ -1,7 +1,7 @@
 """The data layer's errors, each with its API error code (API.md).
 
-The HTTP side maps them to statuses in one table (controller.py's
-ERROR_STATUS); messages are safe to show to clients; a driver's exception
+The HTTP side maps them to statuses in one table
+(kv.http.errors.ERROR_STATUS); messages are safe to show to clients; a driver's exception
 travels in ``original`` for the logs only.
 """
 

@@ -19,7 +19,7 @@ import paste.fixture
 
 import controller
 import dbservers
-from partition_contract import clock_offset
+from store_contract import clock_offset
 
 JSON = {"Content-Type": "application/json"}
 XML = {"Content-Type": "application/xml"}

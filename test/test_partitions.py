@@ -9,7 +9,8 @@ from unittest import mock
 import dbservers
 from kv.configuration import PartitionSettings, Settings, SyncSettings
 from datastore import Datastore
-from partition_contract import PartitionContract, StoreContract
+from partition_contract import PartitionContract
+from store_contract import StoreContract
 from kv.storage.engines import MySQLPartition, SQLitePartition
 from kv.errors import PartitionUnavailable
 

@@ -17,7 +17,8 @@ import sync
 from kv.sync import phases
 from kv.configuration import Settings, SyncSettings
 from datastore import Datastore, KeyNotFound, Record, now_us
-from partition_contract import _put, clock_offset
+from partition_contract import _put
+from store_contract import clock_offset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = b"default"
