@@ -26,16 +26,26 @@ __all__ = [
 ]
 
 
+def command_store(parser: argparse.ArgumentParser, argv, log_level: int):
+    """Parse a command line that takes ``--config``, set up logging at
+    ``log_level``, and open the store (datastore.py and sync.py).
+
+    :returns: (parsed arguments, the Datastore or None after a configuration
+        error was printed; the command then exits with status 2).
+    """
+    parser.add_argument("--config", help="configuration file (default: $KV_CONFIG or "
+                                         "configuration.cfg beside this file)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
+    return args, open_store(args.config)
+
+
 def main(argv=None) -> int:
     """``python datastore.py schema``: apply the schema to every partition."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["schema"],
                         help="schema: apply database_definition.sql to every partition")
-    parser.add_argument("--config", help="configuration file (default: $KV_CONFIG or "
-                                         "configuration.cfg beside this file)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    store = open_store(args.config)
+    args, store = command_store(parser, argv, logging.INFO)
     if store is None:
         return 2
     failed = 0

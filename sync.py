@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from datastore import open_store
+from datastore import command_store
 from kv.sync import (EXPIRY_GRACE_SECONDS, LOCK, TOPOLOGY, WATERMARK, LeaseLost,  # noqa: F401
                      Summary, Sync, run, verify)
 
@@ -28,11 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--verify", action="store_true",
                         help="compare every replica of every key; exit 2 if any diverge")
     parser.add_argument("--partition", metavar="NAME", help="only rows held by this partition")
-    parser.add_argument("--config", help="configuration file (default: $KV_CONFIG or "
-                                         "configuration.cfg)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(message)s")
-    store = open_store(args.config)
+    args, store = command_store(parser, argv, logging.ERROR)
     if store is None:
         return 2
     if args.partition and args.partition not in store.partitions:

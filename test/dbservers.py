@@ -164,6 +164,23 @@ def shared(count: int):
     return _SHARED[:count]
 
 
+def cluster(test, prefix: str, count: int = 3, replicas: int = 2):
+    """Start ``count`` fresh servers named PREFIX-1.. with the schema, for one
+    test (stopped by its cleanup), and write their configuration.
+
+    :returns: (servers, configuration path in a temporary directory).
+    """
+    folder = tempfile.mkdtemp(prefix="kv-%s-" % prefix)
+    test.addCleanup(shutil.rmtree, folder, True)
+    servers = []
+    for i in range(1, count + 1):
+        server = MariaDB("%s-%d" % (prefix, i))
+        test.addCleanup(server.stop)
+        servers.append(server.start())
+        server.apply_schema()
+    return servers, write_config(os.path.join(folder, "c.cfg"), servers, replicas)
+
+
 def write_config(path: str, servers, replicas: int, extra: str = "") -> str:
     """Write a configuration file with one MySQL partition per server."""
     sections = "".join(s.config_section("partition-%d" % (i + 1)) + "\n"

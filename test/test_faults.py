@@ -16,7 +16,6 @@ import calendar
 import datetime
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -134,15 +133,7 @@ class Figures:
 
 class FaultTest(unittest.TestCase):
     def setUp(self):
-        self.dir = tempfile.mkdtemp(prefix="kv-faults-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.servers = []
-        for i in (1, 2, 3):
-            server = dbservers.MariaDB("faults-%d" % i)
-            self.addCleanup(server.stop)
-            self.servers.append(server.start())
-            server.apply_schema()
-        self.config = dbservers.write_config(os.path.join(self.dir, "c.cfg"), self.servers, 2)
+        self.servers, self.config = dbservers.cluster(self, "faults")
         self.env = dict(os.environ, KV_CONFIG=self.config)
         self.granian = Granian(self.config, dbservers.free_port())
         self.addCleanup(self.granian.stop)

@@ -11,7 +11,6 @@ import calendar
 import datetime
 import glob
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -138,15 +137,7 @@ class WebNode:
 class ClockSkewTest(unittest.TestCase):
     def setUp(self):
         self.fake_env = faketime(SKEW_SECONDS)
-        self.dir = tempfile.mkdtemp(prefix="kv-skew-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        self.servers = []
-        for i in (1, 2, 3):
-            server = dbservers.MariaDB("skew-%d" % i)
-            self.addCleanup(server.stop)
-            self.servers.append(server.start())
-            server.apply_schema()
-        self.config = dbservers.write_config(os.path.join(self.dir, "c.cfg"), self.servers, 2)
+        self.servers, self.config = dbservers.cluster(self, "skew")
         self.correct = WebNode(self.config)
         self.addCleanup(self.correct.stop)
         self.fast = WebNode(self.config, self.fake_env)
