@@ -306,3 +306,16 @@ class StoreContract:
             self.store.put(BUCKET, key, b"w", condition=Condition(create_only=True))
         first._down_until = 0
         self.assertEqual(self.store.get(BUCKET, key)[0].value, b"v")
+
+    def test_a_strict_write_never_moves_to_another_replica_when_a_copy_is_busy(self):
+        """A copy that answers "busy" (not down) fails a compare-and-swap with
+        503 where it is; moving it to the next replica could let two win."""
+        record, _, _ = self.store.put(BUCKET, b"k", b"v")
+        second = self.store.placement(BUCKET, b"k")[1]
+        busy = datastore.PartitionUnavailable([second.name], "busy", down=False)
+        with mock.patch.object(second, "read_many", side_effect=busy):
+            with self.assertRaises(datastore.PartitionUnavailable) as caught:
+                self.store.put(BUCKET, b"k", b"w", condition=Condition(if_match=(record.etag,)))
+            self.assertFalse(caught.exception.down)
+        self.assertIsNone(second.read(BUCKET, b"k"))
+        self.assertEqual(self.store.get(BUCKET, b"k")[0].value, b"v")

@@ -16,7 +16,7 @@ import dbservers
 import sync
 from kv.sync import phases
 from kv.configuration import Settings, SyncSettings
-from datastore import Datastore, KeyNotFound, Record, now_us
+from datastore import Datastore, KeyNotFound, PartitionUnavailable, Record, now_us
 from partition_contract import _put
 from store_contract import clock_offset
 
@@ -431,4 +431,23 @@ class DataSafetyTest(SyncHarness, unittest.TestCase):
                               r"skipped=\d+ \(partition-1.*\) seconds=")
         self.up(self.store, "partition-1")
         self.assertEqual(self.sync()[0], 0)
+        self.assert_converged()
+
+    def test_a_pass_whose_lease_is_not_on_the_first_partition_moves_and_purges_nothing(self):
+        """Another pass may hold the lease on partition-1 then: only copies,
+        which are safe beside it, run; moves and purges wait."""
+        key = next(b"stranded-%d" % i for i in range(100)
+                   if "partition-1" in {p.name for p in self.store.placement(B, b"stranded-%d" % i)})
+        off = next(n for n in self.store.names
+                   if n not in {p.name for p in self.store.placement(B, key)})
+        _put(self.store.partitions[off], key, b"v")
+        first = self.store.partitions["partition-1"]
+        blip = PartitionUnavailable(["partition-1"], "down")
+        with mock.patch.object(first, "set_state", side_effect=blip):
+            code, out = self.sync()
+        self.assertEqual(code, 1, out)
+        self.assertIn("moved=0 purged=0", out)
+        self.assertIn(off, self.holders(3)[key])
+        code, out = self.sync()
+        self.assertIn("moved=1 ", out)
         self.assert_converged()

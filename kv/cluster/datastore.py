@@ -221,7 +221,8 @@ class Datastore:
             for (_, key), record in found.items():
                 if key not in newest or winner_key(record) > winner_key(newest[key]):
                     newest[key] = record
-        return newest, {key: PartitionUnavailable(names, "cannot read the key's other copies")
+        return newest, {key: PartitionUnavailable(names, "cannot read the key's other copies",
+                                                  down=False)
                         for key, names in missed.items()}
 
     # -- listing ---------------------------------------------------------

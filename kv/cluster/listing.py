@@ -6,7 +6,7 @@ import dataclasses
 import functools
 from typing import List, Optional, Tuple
 
-from kv.errors import InvalidRequest, PartitionUnavailable
+from kv.errors import InvalidRequest, KeyNotFound, PartitionUnavailable
 from kv.records import Record, winner_key
 from kv.storage.merge import SortedStream, merge
 
@@ -148,20 +148,33 @@ def list_keys(store, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
         entries = entries[:limit]
         next_cursor = encode_cursor(entries[-1][2])
     items = [e for e in entries if e[0] is not None]
-    records = _with_values(bucket, items, now) if values else [e[0] for e in items]
+    records = _with_values(store, bucket, items, now) if values else [e[0] for e in items]
     return Listing(records, [e[1] for e in entries if e[1] is not None], next_cursor,
                    unavailable, values)
 
 
-def _with_values(bucket: bytes, items: list, now: int) -> List[Record]:
+def _with_values(store, bucket: bytes, items: list, now: int) -> List[Record]:
     """The records of a listing page's items with their values, read from
     the partition each came from (one query per partition); a key written
-    since the scan shows its new state, a key deleted since is left out."""
+    since the scan shows its new state.  A key that partition no longer
+    holds live (sync moved it meanwhile, or it cannot be read now) is read
+    through the ordinary read path; one deleted since is left out."""
     groups: dict = {}
     for record, _, _, partition in items:
         groups.setdefault(partition, []).append(record.key)
     found: dict = {}
     for partition, keys in groups.items():
-        found.update(partition.read_many([(bucket, k) for k in keys]))
-    records = (found.get((bucket, record.key)) for record, _, _, _ in items)
-    return [r for r in records if r is not None and r.is_live(now)]
+        try:
+            found.update(partition.read_many([(bucket, k) for k in keys]))
+        except PartitionUnavailable:
+            pass                               # each key falls back to store.get
+    records = []
+    for record, _, _, _ in items:
+        current = found.get((bucket, record.key))
+        if current is None or not current.is_live(now):
+            try:
+                current = store.get(bucket, record.key)[0]
+            except KeyNotFound:
+                continue
+        records.append(current)
+    return records

@@ -91,7 +91,8 @@ class Connection:
 
     # engine hooks
 
-    def _acquire(self):
+    def _acquire(self, schema: bool = False):
+        """A connection; ``schema``: one without the request timeouts."""
         raise NotImplementedError
 
     def _release(self, conn, broken: bool) -> None:
@@ -126,19 +127,20 @@ class Connection:
                                     down=mark_down)
 
     @contextlib.contextmanager
-    def _cursor(self, transaction: bool = False, stamp: bool = False):
+    def _cursor(self, transaction: bool = False, stamp: bool = False, schema: bool = False):
         """Yield a cursor; translate driver errors in this one place.
 
         With ``transaction``, the body runs between BEGIN and COMMIT and is
         rolled back on any exception; with ``stamp`` too, the transaction
         starts with ``STAMP`` (the shared lock of the change epoch), so its
-        statements may use ``EPOCH``.
+        statements may use ``EPOCH``; ``schema``: on a connection without
+        the request timeouts.
         """
         if time.monotonic() < self._down_until:
             raise PartitionUnavailable([self.name], self._down_reason or "down",
                                        retry_after_seconds=self.settings.retry_interval_seconds)
         try:
-            conn = self._acquire()
+            conn = self._acquire(schema) if schema else self._acquire()
         except self.driver_errors as e:
             kind = self._classify(e)
             raise self._unavailable(e, "cannot connect" if kind == "down" else _REASONS[kind],
@@ -191,7 +193,8 @@ class Connection:
                     return body(cursor)
             except Retry:
                 if attempt == 3:
-                    raise PartitionUnavailable([self.name], "write conflict, retry") from None
+                    raise PartitionUnavailable([self.name], "write conflict, retry",
+                                               down=False) from None
         raise AssertionError("unreachable")
 
     def _select_many(self, cursor, keys: Sequence[Tuple[bytes, bytes]], lock: bool) -> dict:
@@ -255,7 +258,7 @@ class Connection:
 
         :raises PartitionUnavailable: when the database does not answer.
         """
-        with self._cursor() as cursor:
+        with self._cursor(schema=True) as cursor:
             self._run_schema(cursor)
 
     def _run_schema(self, cursor) -> None:

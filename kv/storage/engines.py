@@ -67,15 +67,19 @@ class MySQLPartition(Partition):
         s = self.settings
         return "mysql %s@%s:%d/%s" % (s.user, s.host, s.port, s.database)
 
-    def _connect(self):
+    def _connect(self, schema: bool = False):
+        """A new connection; ``schema``: one with no read timeout and no
+        statement time limit, for the schema (building an index on a large
+        table, an upgrade, takes minutes)."""
         s = self.settings
+        timeouts = {} if schema else {"read_timeout": s.read_timeout_seconds,
+                                      "write_timeout": s.write_timeout_seconds}
         return self._driver.connect(
             host=s.host, port=s.port, user=s.user, password=s.password, database=s.database,
-            connect_timeout=s.connect_timeout_seconds, read_timeout=s.read_timeout_seconds,
-            write_timeout=s.write_timeout_seconds, autocommit=True, charset="utf8mb4",
-            client_flag=self._multi_statements,
+            connect_timeout=s.connect_timeout_seconds, autocommit=True, charset="utf8mb4",
+            client_flag=self._multi_statements, **timeouts,
             init_command="SET SESSION tx_isolation = 'READ-COMMITTED', max_statement_time = %.3f"
-                         % (s.read_timeout_seconds * STATEMENT_SHARE))
+                         % (0 if schema else s.read_timeout_seconds * STATEMENT_SHARE))
 
     def _get_pool(self):
         if self._pool_pid != os.getpid():     # created lazily, again after a fork
@@ -110,8 +114,8 @@ class MySQLPartition(Partition):
                     self._pool, self._pool_pid = new, os.getpid()
         return self._pool
 
-    def _acquire(self):
-        return self._get_pool().connect()
+    def _acquire(self, schema: bool = False):
+        return self._connect(schema=True) if schema else self._get_pool().connect()
 
     def _literal(self, conn):
         # mysql_real_escape_string through the driver, as the driver itself
@@ -129,7 +133,7 @@ class MySQLPartition(Partition):
         return literal
 
     def _release(self, conn, broken):
-        if broken:
+        if broken and hasattr(conn, "invalidate"):     # a pooled connection
             conn.invalidate()
         else:
             conn.close()
@@ -186,7 +190,7 @@ class SQLitePartition(Partition):
     def _sql(self, statement):
         return statement.replace("%s", "?")
 
-    def _acquire(self):
+    def _acquire(self, schema: bool = False):
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             os.makedirs(os.path.dirname(self.settings.path) or ".", exist_ok=True)

@@ -73,6 +73,10 @@ class Sync:
         self.summary = Summary()
         self.holder = "%s:%d" % (socket.gethostname(), os.getpid())
         self.lock_partition = None
+        #: False when the lease could not be taken on the first partition: a
+        #: second pass may then hold it there, and only copies (always safe)
+        #: may run beside another pass; moves and purges delete rows.
+        self.may_delete = True
         self._reported = time.monotonic()
         self.topology = ("%s|replicas=%d|change-epoch" % (",".join(store.names),
                                                           store.replicas)).encode()
@@ -176,6 +180,11 @@ class Sync:
             try:
                 if self.partition(name).set_state(LOCK, mine, unless=held):
                     self.lock_partition = self.partition(name)
+                    self.may_delete = name == self.store.names[0]
+                    if not self.may_delete:
+                        print("sync: the lease is on %s (%s did not answer): this pass copies"
+                              " but moves and purges nothing" % (name, self.store.names[0]),
+                              file=sys.stderr)
                     return None
                 return seen["holder"]
             except PartitionUnavailable as e:

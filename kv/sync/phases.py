@@ -10,6 +10,8 @@ from kv.errors import PartitionUnavailable
 from kv.records import Record, winner_key
 from kv.sync.base import EXPIRY_GRACE_SECONDS, TOPOLOGY, WATERMARK, Sync
 
+CLOSE_EPOCH_TRIES = 4          # a hot row may hold the old epoch past one 0.25 s wait
+
 
 def converge(sync: Sync, name: str, rows: List[Record]) -> bool:
     """Make the placement of every row of partition ``name`` in ``rows`` hold it.
@@ -62,6 +64,8 @@ def _move_off(sync: Sync, name: str, off: List[Record]) -> bool:
     if sync.dry_run:
         sync.summary.moved += len(placed)
         return complete
+    if not sync.may_delete:
+        return False                   # not moved yet: the watermark stays before them
     moved = sync.reach(name, sync.partition(name).delete_if_unchanged, placed)
     if moved is None:
         return False
@@ -89,7 +93,7 @@ def converge_partition(sync: Sync, name: str) -> None:
     (and with ``--full``).  Skips the partition when it does not answer."""
     source = sync.partition(name)
     try:
-        closed = source.close_epoch() if not sync.dry_run else None
+        closed = _close_epoch(source) if not sync.dry_run else None
         state = source.get_state(TOPOLOGY)
         after = _position((source.get_state(WATERMARK) or (None,))[0])
     except PartitionUnavailable as e:
@@ -122,6 +126,18 @@ def converge_partition(sync: Sync, name: str) -> None:
         sync.reach(name, source.set_state, WATERMARK, b"%d" % closed)
 
 
+def _close_epoch(source, tries: int = CLOSE_EPOCH_TRIES) -> int:
+    """``source.close_epoch()``, tried again while a write holds the old
+    epoch past the wait (busy, not down)."""
+    for attempt in range(tries):
+        try:
+            return source.close_epoch()
+        except PartitionUnavailable as e:
+            if e.down or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _scan_all(sync: Sync, name: str) -> bool:
     """Converge every row of ``name``; True if every target answered."""
     source = sync.partition(name)
@@ -146,7 +162,7 @@ def purge(sync: Sync) -> None:
     key (so none can come back, through a read or a later move).  Skipped
     entirely when a partition was unreachable in this pass or has not yet
     converged on the current partition list."""
-    if sync.summary.skipped:
+    if sync.summary.skipped or not sync.may_delete:
         return
     for name in sync.store.names:
         state = sync.reach(name, sync.partition(name).get_state, TOPOLOGY)
