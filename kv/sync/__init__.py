@@ -1,17 +1,16 @@
-"""Sync: one pass, run from cron, that makes every key's
-placement converge.
+"""Sync: one pass, run from cron, that makes every key's placement converge.
 
 A pass takes a cluster-wide lease (a row of kv_sync_state on the first
-reachable partition, aged by that partition's clock), then, for every
-partition:
+reachable partition, aged by that partition's clock; a pass whose lease is
+not on the first partition only copies), then, for every partition:
 
-- closes its change epoch (kv.storage.partition.Partition.close_epoch): every client
-  write stamped with a closed epoch has committed, so the scan below misses
-  no late commit, and no web node's or sync host's clock decides what it
-  reads;
+- closes its change epoch (kv.storage.replication's close_epoch): every
+  client write stamped with a closed epoch has committed, so the scan below
+  misses no late commit, and no web node's or sync host's clock decides what
+  it reads;
 - converges the rows that changed since its watermark (kept in that
   partition): each row is copied to the other partitions of its placement
-  where it wins by ``datastore.winner_key`` (newest modified, then version,
+  where it wins by ``kv.records.winner_key`` (newest modified, then version,
   then tombstone, then value bytes: last-writer-wins, the same winner on
   every replica), and a row that is not in its placement (written by a web
   node with the old partition list, by a failover, or left by a partition
