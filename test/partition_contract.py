@@ -12,7 +12,7 @@ from unittest import mock
 import datastore
 from datastore import Condition, Record
 from kv import records
-from kv.storage.partition import WriteRequest
+from kv.storage.partition import NO_OTHERS, NeedOthers, WriteRequest
 
 BUCKET = b"default"
 HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
@@ -24,14 +24,14 @@ def _put(partition, key, value, modified=None, deleted=False, expires=None):
     def make(current, now):
         version = current.version + 1 if current else 1
         return Record(BUCKET, key, value, version, now, modified or now, expires, deleted)
-    return partition.write(WriteRequest(BUCKET, key, make))[0]
+    return partition.write(WriteRequest(BUCKET, key, make, NO_OTHERS))[0]
 
 
 def _overwrite(partition, key, value, ttl=None):
     """An unconditional put through write(), with its overwrite hint."""
     def make(current, now):
         return records.put_record(BUCKET, key, value, ttl, Condition(), current, now)
-    return partition.write(WriteRequest(BUCKET, key, make, overwrite=(value, ttl)))
+    return partition.write(WriteRequest(BUCKET, key, make, NO_OTHERS, (value, ttl)))
 
 
 def _race(count, work):
@@ -89,7 +89,7 @@ class PartitionContract:
         def make(current, now):
             raise datastore.PreconditionFailed("no")
         with self.assertRaises(datastore.PreconditionFailed):
-            self.partition.write(WriteRequest(BUCKET, b"k", make))
+            self.partition.write(WriteRequest(BUCKET, b"k", make, NO_OTHERS))
         self.assertIsNone(self.partition.read(BUCKET, b"k"))
 
     def test_write_sees_the_current_row(self):
@@ -97,7 +97,7 @@ class PartitionContract:
         second = _put(self.partition, b"k", b"two")
         self.assertEqual(second.version, 2)
 
-    def test_elsewhere_is_consulted_only_when_this_row_is_not_live(self):
+    def test_the_other_copies_are_needed_only_when_this_row_is_not_live(self):
         other = Record(BUCKET, b"k", b"remote", 7, 1, 10**15, None, False)
         seen = []
 
@@ -105,15 +105,18 @@ class PartitionContract:
             seen.append(current)
             return Record(BUCKET, b"k", b"new", current.version + 1 if current else 1, now, now,
                           None, False)
-        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({b"k": other}, {})))
+        with self.assertRaises(NeedOthers) as caught:      # missing here: nothing is written
+            self.partition.write(WriteRequest(BUCKET, b"k", make))
+        self.assertEqual((caught.exception.keys, seen), ([b"k"], []))
+        self.partition.write(WriteRequest(BUCKET, b"k", make, (other, None)))
         self.assertEqual(seen[-1], other)
-        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: self.fail("not consulted")))
+        self.partition.write(WriteRequest(BUCKET, b"k", make))     # live here: not needed
         self.assertEqual(seen[-1].version, 8)
 
-    def test_a_strict_write_reads_elsewhere_always_and_fails_when_it_cannot(self):
+    def test_a_strict_write_needs_the_other_copies_always_and_fails_without_them(self):
         """A delete or conditional write is decided on the newest copy: the
-        other copies are read even when this row is live, and a copy that
-        cannot be read fails the write (API.md: 503, never a stale decision)."""
+        other copies are needed even when this row is live, and a copy that
+        could not be read fails the write (API.md: 503, never a stale decision)."""
         _put(self.partition, b"k", b"here")
         newer = Record(BUCKET, b"k", b"there", 9, 1, 10**16, None, False)
         seen = []
@@ -121,13 +124,13 @@ class PartitionContract:
         def make(current, now):
             seen.append(current)
             return Record(BUCKET, b"k", b"new", current.version + 1, now, now, None, False)
-        self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({b"k": newer}, {}),
-                                          strict=True))
+        with self.assertRaises(NeedOthers):
+            self.partition.write(WriteRequest(BUCKET, b"k", make, strict=True))
+        self.partition.write(WriteRequest(BUCKET, b"k", make, (newer, None), strict=True))
         self.assertEqual(seen[-1], newer)
         down = datastore.PartitionUnavailable(["elsewhere"])
         with self.assertRaises(datastore.PartitionUnavailable):
-            self.partition.write(WriteRequest(BUCKET, b"k", make, lambda keys: ({}, {b"k": down}),
-                                              strict=True))
+            self.partition.write(WriteRequest(BUCKET, b"k", make, (None, down), strict=True))
         self.assertEqual(len(seen), 1)
         self.assertEqual(self.partition.read(BUCKET, b"k").version, 10)
 
@@ -164,7 +167,7 @@ class PartitionContract:
                 condition.check(current, now)
                 return Record(BUCKET, b"cas", b"%d" % i, current.version + 1, current.created_us,
                               now, None, False)
-            return self.partition.write(WriteRequest(BUCKET, b"cas", make))[0]
+            return self.partition.write(WriteRequest(BUCKET, b"cas", make, NO_OTHERS))[0]
         results = _race(50, cas)
         winners = [r for r in results if isinstance(r, Record)]
         losers = [r for r in results if isinstance(r, datastore.PreconditionFailed)]
@@ -176,7 +179,7 @@ class PartitionContract:
             def make(current, now):
                 Condition(create_only=True).check(current, now)
                 return Record(BUCKET, b"new", b"%d" % i, 1, now, now, None, False)
-            return self.partition.write(WriteRequest(BUCKET, b"new", make))[0]
+            return self.partition.write(WriteRequest(BUCKET, b"new", make, NO_OTHERS))[0]
         results = _race(20, create)
         winners = [r for r in results if isinstance(r, Record)]
         self.assertEqual(len(winners), 1, results)
@@ -189,7 +192,7 @@ class PartitionContract:
             def make(current, now):
                 return Record(BUCKET, b"counter", b"%d" % (int(current.value) + 1),
                               current.version + 1, current.created_us, now, None, False)
-            return self.partition.write(WriteRequest(BUCKET, b"counter", make))
+            return self.partition.write(WriteRequest(BUCKET, b"counter", make, NO_OTHERS))
         results = _race(30, increment)
         self.assertEqual(sorted(record.version for record, _ in results), list(range(2, 32)))
         self.assertTrue(all(previous.version == record.version - 1 for record, previous in results))
@@ -247,7 +250,7 @@ class PartitionContract:
 
         def apply(current, now, unknown):
             return {k: Record(BUCKET, k, value + k, 1, now, now, None, False) for k in keys}
-        self.partition.write_many(BUCKET, keys, apply)
+        self.partition.write_many(BUCKET, keys, apply, {k: NO_OTHERS for k in keys})
         for key in keys:
             self.assertEqual(self.partition.read(BUCKET, key).value, value + key)
 
@@ -306,7 +309,7 @@ class PartitionContract:
             release.wait(5)
             return Record(BUCKET, b"slow", b"v", 1, now, now, None, False)
         writer = threading.Thread(target=self.partition.write,
-                                  args=(WriteRequest(BUCKET, b"slow", make),))
+                                  args=(WriteRequest(BUCKET, b"slow", make, NO_OTHERS),))
         writer.start()
         self.assertTrue(started.wait(5))
         threading.Timer(0.1, release.set).start()

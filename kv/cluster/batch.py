@@ -1,11 +1,11 @@
 """POST /batch: many reads and writes in one request, grouped by partition
 into one query (reads) or one transaction (writes) each."""
 
-import functools
 from typing import Optional, Sequence
 
 from kv.errors import DatastoreError, KeyNotFound, PartitionUnavailable
 from kv.records import Condition, Record, check_key, put_record, tombstone
+from kv.storage.partition import NeedOthers
 
 
 def run_batch(store, bucket: bytes, ops: Sequence[dict]) -> list:
@@ -87,9 +87,19 @@ def _batch_writes(store, bucket, keys, by_key, ops, results) -> None:
                             final[key] = state
                 return final
             try:
-                partition.write_many(bucket, group, apply,
-                                     functools.partial(store.newest_many, bucket,
-                                                       exclude=partition), strict)
+                # Strict keys' other copies are read first (outside the row
+                # locks); the rest only when the partition finds them missing
+                # or not live here and asks (NeedOthers), then it runs again.
+                others = store.others_of(bucket, [k for k in group if k in strict], partition)
+                for _ in range(3):
+                    try:
+                        partition.write_many(bucket, group, apply, others, strict)
+                        break
+                    except NeedOthers as e:
+                        others.update(store.others_of(bucket, e.keys, partition))
+                else:
+                    raise PartitionUnavailable([partition.name], "the keys changed too often",
+                                               down=False)
             except PartitionUnavailable as e:
                 if not e.down:
                     for key in group:

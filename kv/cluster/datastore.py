@@ -5,7 +5,6 @@ store.  It decides the placement, the current copy and the record a write
 stores; the partitions store what they are given.  It knows nothing of HTTP.
 """
 
-import functools
 import logging
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -18,7 +17,7 @@ from kv.placement import ranking
 from kv.records import (MAX_TTL_SECONDS, Condition, Record, check_key, now_us, put_record,
                         tombstone, winner_key)
 from kv.storage.engines import make_partition
-from kv.storage.partition import Partition, WriteRequest
+from kv.storage.partition import NeedOthers, Partition, WriteRequest
 
 log = logging.getLogger("kv.datastore")
 
@@ -119,18 +118,31 @@ class Datastore:
         """
         unavailable = []
         for partition in self.placement(bucket, key):
+            # A strict write reads the other copies first (outside the row
+            # lock); any other write only when the partition says it needs
+            # them (its row is missing or not live), then sends it again.
+            others = self.others_of(bucket, [key], partition)[key] if strict else None
             try:
-                record, previous = partition.write(WriteRequest(
-                    bucket, key, make, functools.partial(self.newest_many, bucket,
-                                                         exclude=partition),
-                    overwrite, strict))
+                for _ in range(3):
+                    try:
+                        record, previous = partition.write(WriteRequest(
+                            bucket, key, make, others, overwrite, strict))
+                        return record, previous, partition.name
+                    except NeedOthers:
+                        others = self.others_of(bucket, [key], partition)[key]
+                raise PartitionUnavailable([partition.name], "the key changed too often",
+                                           down=False)
             except PartitionUnavailable as e:
                 if not e.down:
                     raise
                 unavailable.append(partition.name)
-                continue
-            return record, previous, partition.name
         raise PartitionUnavailable(unavailable)
+
+    def others_of(self, bucket: bytes, keys: List[bytes], exclude: Partition) -> dict:
+        """key -> what :meth:`newest_many` finds of its other copies, as
+        kv.storage.partition.Others (newest copy or None, error or None)."""
+        newest, unknown = self.newest_many(bucket, keys, exclude)
+        return {key: (newest.get(key), unknown.get(key)) for key in keys}
 
     def put(self, bucket: bytes, key: bytes, value: bytes, ttl_seconds: Optional[int] = None,
             condition: Condition = Condition()) -> Tuple[Record, bool, str]:
@@ -195,7 +207,7 @@ class Datastore:
 
         :returns: (key -> newest copy found, key -> PartitionUnavailable naming
             the partitions of its placement that could not be read), as
-            partitions.Elsewhere.  An unreachable lookaside partition is not
+            the router hands to the partitions.  An unreachable lookaside partition is not
             named: it holds a key only until sync has moved it after a
             partition was added, and naming it would fail every strict write
             while any one partition is down.

@@ -22,26 +22,45 @@ from kv.storage.transaction import Transaction
 COALESCE_READS = 64
 COALESCE_WRITES = 64
 
-#: ``elsewhere(keys)`` of a write: (key -> the newest copy on the other
-#: partitions that may hold one, key -> PartitionUnavailable for the keys
-#: whose other partitions could not all be read).
-Elsewhere = Callable[[List[bytes]], Tuple[Dict[bytes, Record], Dict[bytes, PartitionUnavailable]]]
+#: What the router read of a key's other copies: (the newest one, or None;
+#: a PartitionUnavailable naming the partitions of its placement that could
+#: not be read, or None).
+Others = Tuple[Optional[Record], Optional[PartitionUnavailable]]
+
+#: No other copy exists (a new key, as far as the caller knows).
+NO_OTHERS: Others = (None, None)
+
+
+class NeedOthers(Exception):
+    """The write cannot be decided without the key's other copies, and came
+    without them: ``keys`` are missing or not live here (or the write is
+    strict).  Nothing was written; the router reads them and sends it again.
+
+    :ivar list keys: the keys whose other copies are needed.
+    """
+
+    def __init__(self, keys: Sequence[bytes]):
+        super().__init__("the other copies of %d keys are needed" % len(keys))
+        self.keys = list(keys)
 
 
 class WriteRequest(NamedTuple):
-    """One single-key write queued for :meth:`Partition.write`.
+    """One single-key write queued for :meth:`Partition.write`: data, so the
+    partition stores what it is given and never calls up into the router.
 
-    ``make(current, now_us)`` returns the record to store or raises;
-    ``elsewhere`` reads the key's other copies (:data:`Elsewhere`); ``strict``
-    says the outcome depends on the current copy (a delete or a condition), so
-    the other copies are always read and an unreachable one fails the write;
-    ``overwrite`` = (value, ttl_seconds) marks an unconditional put that may
-    take the one-round-trip path.
+    ``make(current, now_us)`` is the write's rule (kv.records.put_record or
+    tombstone, with the request's value and condition bound) and returns the
+    record to store or raises; ``others`` is what the router read of the
+    key's other copies (:data:`Others`), or None when it has not read them;
+    ``strict`` says the outcome depends on the current copy (a delete or a
+    condition), so it needs ``others`` whatever this row is, and an
+    unreachable copy fails the write; ``overwrite`` = (value, ttl_seconds)
+    marks an unconditional put that may take the one-round-trip path.
     """
     bucket: bytes
     key: bytes
     make: Callable[[Optional[Record], int], Record]
-    elsewhere: Optional[Elsewhere] = None
+    others: Optional[Others] = None
     overwrite: Optional[Tuple[bytes, Optional[int]]] = None
     strict: bool = False
 
@@ -134,14 +153,16 @@ class Partition(ReplicationCalls, Connection):
         """Atomically read-check-write one key (a :class:`WriteRequest`).
 
         ``current`` is this partition's row, or, when that is missing or not
-        live, the newer of it and the newest copy ``request.elsewhere`` finds
-        on the other partitions (so versions continue and preconditions hold
-        before sync has copied a key here); for a ``strict`` request the other
-        copies are read whatever this row is, and when one of them cannot be
-        read the write fails with that :class:`PartitionUnavailable` (API.md:
-        a write decided on the current copy answers 503 rather than deciding
-        on a stale replica).  ``make(current, now_us)`` returns the record to
-        store or raises (nothing is then written for this call).
+        live, the newer of it and ``request.others`` (the newest copy the
+        router read on the other partitions, so versions continue and
+        preconditions hold before sync has copied a key here); a ``strict``
+        request uses ``others`` whatever this row is, and when one of the
+        other copies could not be read the write fails with that
+        :class:`PartitionUnavailable` (API.md: a write decided on the current
+        copy answers 503 rather than deciding on a stale replica).  When
+        ``others`` is needed and was not given, nothing is written and the
+        outcome is :class:`NeedOthers`.  ``make(current, now_us)`` returns the
+        record to store or raises (nothing is then written for this call).
 
         Concurrent calls are coalesced into one :meth:`write_many`
         transaction per bucket, applied in arrival order: a later call on the
@@ -233,48 +254,66 @@ class Partition(ReplicationCalls, Connection):
                     outcomes[i] = (record, previous)
                     current[item.key] = final[item.key] = record
                 return final
-            group = [items[i] for i in indexes]
-            try:
-                self.write_many(bucket, list(dict.fromkeys(item.key for item in group)), apply,
-                                next((item.elsewhere for item in group if item.elsewhere), None),
-                                {item.key for item in group if item.strict})
-            except DatastoreError as e:
-                for i in indexes:
-                    outcomes[i] = e
+            while indexes:
+                group = [items[i] for i in indexes]
+                try:
+                    self.write_many(bucket, list(dict.fromkeys(item.key for item in group)),
+                                    apply, {item.key: item.others for item in group
+                                            if item.others is not None},
+                                    {item.key for item in group if item.strict})
+                except NeedOthers as e:              # those go back; the others run again
+                    need = set(e.keys)
+                    for i in indexes:
+                        if items[i].key in need:
+                            outcomes[i] = NeedOthers([items[i].key])
+                    indexes = [i for i in indexes if items[i].key not in need]
+                    continue
+                except DatastoreError as e:
+                    for i in indexes:
+                        outcomes[i] = e
+                break
         return outcomes
 
     def write_many(self, bucket: bytes, keys: Sequence[bytes],
                    apply: Callable[[dict, int, dict], dict],
-                   elsewhere: Optional[Elsewhere] = None, strict=frozenset()) -> dict:
+                   others: Optional[Dict[bytes, Others]] = None, strict=frozenset()) -> dict:
         """Atomically read-check-write many keys of one bucket (POST /batch).
 
         One transaction: the rows of ``keys`` are locked; for those missing or
-        not live here, and for every key in ``strict``, ``elsewhere(keys)``
-        (:data:`Elsewhere`) reads the other copies and the newer one counts;
-        then ``apply(current, now_us, unknown)`` gets key -> Record or None,
-        and key -> PartitionUnavailable for the ``strict`` keys whose other
-        copies could not all be read (their outcome is not to be decided
-        here), and returns key -> Record to store for the keys it changed.
-        Locked rows are updated in place by one multi-row upsert, new ones
-        written by one multi-row INSERT (a concurrent insert of the same key
-        makes the whole call run again), each stamped with the change epoch.
+        not live here, and for every key in ``strict``, ``others`` (key ->
+        :data:`Others`, what the router read of the other copies) must be
+        given, else nothing is written and :class:`NeedOthers` names them;
+        the newer copy counts.  Then ``apply(current, now_us, unknown)`` gets
+        key -> Record or None, and key -> PartitionUnavailable for the
+        ``strict`` keys whose other copies could not all be read (their
+        outcome is not to be decided here), and returns key -> Record to
+        store for the keys it changed.  Locked rows are updated in place by
+        one multi-row upsert, new ones written by one multi-row INSERT (a
+        concurrent insert of the same key makes the whole call run again),
+        each stamped with the change epoch.
 
         :returns: what ``apply`` returned.
+        :raises NeedOthers: when ``others`` lacks a key that needs them.
         :raises PartitionUnavailable: when the database does not answer.
         """
+        others = others or {}
+
         def body(cursor):
             locked = self._select_many(cursor, [(bucket, k) for k in keys], True)
             stored = {k: r for (_, k), r in locked.items()}
             now = self.clock()
+            need = [k for k in keys if k not in others
+                    and (k in strict or k not in stored or not stored[k].is_live(now))]
+            if need:
+                raise NeedOthers(need)
             current = dict(stored)
-            ask = [k for k in keys if k in strict or k not in stored or not stored[k].is_live(now)]
             unknown = {}
-            if ask and elsewhere is not None:
-                newest, unreachable = elsewhere(ask)
-                for key, other in newest.items():
-                    if current.get(key) is None or winner_key(other) > winner_key(current[key]):
-                        current[key] = other
-                unknown = {k: e for k, e in unreachable.items() if k in strict}
+            for key, (other, unreachable) in others.items():
+                if other is not None and (current.get(key) is None
+                                          or winner_key(other) > winner_key(current[key])):
+                    current[key] = other
+                if unreachable is not None and key in strict:
+                    unknown[key] = unreachable
             final = apply(current, now, unknown)
             self._store_many(cursor, list(final.values()), locked, self.EPOCH)
             return final
