@@ -113,6 +113,31 @@ class PartitionContract:
         self.partition.write(WriteRequest(BUCKET, b"k", make))     # live here: not needed
         self.assertEqual(seen[-1].version, 8)
 
+    def test_a_request_sent_back_for_its_other_copies_is_never_reported_written(self):
+        """In one coalesced batch, a request that needs the other copies goes
+        back with NeedOthers, and the try without it decides only the rest:
+        when that try fails, the one sent back still says NeedOthers."""
+        _put(self.partition, b"live", b"v")
+
+        def make(key):
+            return lambda current, now: Record(BUCKET, key, b"w", 9, now, now, None, False)
+        requests = [WriteRequest(BUCKET, b"live", make(b"live")),
+                    WriteRequest(BUCKET, b"missing", make(b"missing"))]
+        real, calls = self.partition.write_many, []
+
+        def first_real_then_failing(*args):
+            calls.append(args[1])
+            if len(calls) == 1:
+                return real(*args)
+            args[2]({}, 1, {})                     # the body ran apply, then the commit failed
+            raise datastore.PartitionUnavailable([self.partition.name], "injected", down=False)
+        with mock.patch.object(self.partition, "write_many", first_real_then_failing):
+            outcomes = self.partition._make_batch(requests)
+        self.assertEqual(calls, [[b"live", b"missing"], [b"live"]])
+        self.assertIsInstance(outcomes[0], datastore.PartitionUnavailable)
+        self.assertIsInstance(outcomes[1], NeedOthers)
+        self.assertIsNone(self.partition.read(BUCKET, b"missing"))
+
     def test_a_strict_write_needs_the_other_copies_always_and_fails_without_them(self):
         """A delete or conditional write is decided on the newest copy: the
         other copies are needed even when this row is live, and a copy that

@@ -238,23 +238,26 @@ class Partition(ReplicationCalls, Connection):
         for i, item in enumerate(items):
             by_bucket.setdefault(item.bucket, []).append(i)
         for bucket, indexes in by_bucket.items():
-            def apply(current, now, unknown, indexes=indexes):
-                final = {}
-                for i in indexes:
-                    item = items[i]
-                    if item.strict and item.key in unknown:
-                        outcomes[i] = unknown[item.key]
-                        continue
-                    previous = current.get(item.key)
-                    try:
-                        record = item.make(previous, now)
-                    except Exception as e:     # this call fails; the others go on
-                        outcomes[i] = e
-                        continue
-                    outcomes[i] = (record, previous)
-                    current[item.key] = final[item.key] = record
-                return final
             while indexes:
+                # apply is made anew for each try: a try may only decide the
+                # requests it holds (those sent back with NeedOthers keep
+                # that outcome, and an error of this try fails only its own).
+                def apply(current, now, unknown, indexes=indexes):
+                    final = {}
+                    for i in indexes:
+                        item = items[i]
+                        if item.strict and item.key in unknown:
+                            outcomes[i] = unknown[item.key]
+                            continue
+                        previous = current.get(item.key)
+                        try:
+                            record = item.make(previous, now)
+                        except Exception as e:     # this call fails; the others go on
+                            outcomes[i] = e
+                            continue
+                        outcomes[i] = (record, previous)
+                        current[item.key] = final[item.key] = record
+                    return final
                 group = [items[i] for i in indexes]
                 try:
                     self.write_many(bucket, list(dict.fromkeys(item.key for item in group)),
