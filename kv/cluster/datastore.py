@@ -224,7 +224,11 @@ class Datastore:
         missed: dict = {}
         for partition, group in groups.items():
             try:
-                found = partition.read_many([(bucket, k) for k in group])
+                if len(group) == 1:            # a single write: coalesced with other threads'
+                    row = partition.read(bucket, group[0])
+                    found = {(bucket, group[0]): row} if row is not None else {}
+                else:
+                    found = partition.read_many([(bucket, k) for k in group])
             except PartitionUnavailable:
                 for key in group:
                     if partition in placed_on[key]:
