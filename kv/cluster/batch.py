@@ -5,7 +5,6 @@ from typing import Optional, Sequence
 
 from kv.errors import DatastoreError, KeyNotFound, PartitionUnavailable
 from kv.records import Condition, Record, check_key, put_record, tombstone
-from kv.storage.partition import NeedOthers
 
 
 def run_batch(store, bucket: bytes, ops: Sequence[dict]) -> list:
@@ -43,6 +42,7 @@ def run_batch(store, bucket: bytes, ops: Sequence[dict]) -> list:
     _batch_writes(store, bucket, writers, by_key, ops, results)
     return results
 
+
 def _batch_reads(store, bucket, keys, by_key, results) -> None:
     groups: dict = {}
     for key in keys:
@@ -62,6 +62,7 @@ def _batch_reads(store, bucket, keys, by_key, results) -> None:
                     record = e
             for i in by_key[key]:
                 results[i] = record
+
 
 def _batch_writes(store, bucket, keys, by_key, ops, results) -> None:
     """Write the keys of ``keys`` (each with its ops by_key[key]) on the
@@ -87,19 +88,9 @@ def _batch_writes(store, bucket, keys, by_key, ops, results) -> None:
                             final[key] = state
                 return final
             try:
-                # Strict keys' other copies are read first (outside the row
-                # locks); the rest only when the partition finds them missing
-                # or not live here and asks (NeedOthers), then it runs again.
-                others = store.others_of(bucket, [k for k in group if k in strict], partition)
-                for _ in range(3):
-                    try:
-                        partition.write_many(bucket, group, apply, others, strict)
-                        break
-                    except NeedOthers as e:
-                        others.update(store.others_of(bucket, e.keys, partition))
-                else:
-                    raise PartitionUnavailable([partition.name], "the keys changed too often",
-                                               down=False)
+                store.send_with_others(
+                    partition, bucket, [k for k in group if k in strict],
+                    lambda others: partition.write_many(bucket, group, apply, others, strict))
             except PartitionUnavailable as e:
                 if not e.down:
                     for key in group:

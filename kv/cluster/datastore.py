@@ -118,25 +118,38 @@ class Datastore:
         """
         unavailable = []
         for partition in self.placement(bucket, key):
-            # A strict write reads the other copies first (outside the row
-            # lock); any other write only when the partition says it needs
-            # them (its row is missing or not live), then sends it again.
-            others = self.others_of(bucket, [key], partition)[key] if strict else None
             try:
-                for _ in range(3):
-                    try:
-                        record, previous = partition.write(WriteRequest(
-                            bucket, key, make, others, overwrite, strict))
-                        return record, previous, partition.name
-                    except NeedOthers:
-                        others = self.others_of(bucket, [key], partition)[key]
-                raise PartitionUnavailable([partition.name], "the key changed too often",
-                                           down=False)
+                record, previous = self.send_with_others(
+                    partition, bucket, [key] if strict else [],
+                    lambda others: partition.write(WriteRequest(
+                        bucket, key, make, others.get(key), overwrite, strict)))
+                return record, previous, partition.name
             except PartitionUnavailable as e:
                 if not e.down:
                     raise
                 unavailable.append(partition.name)
         raise PartitionUnavailable(unavailable)
+
+    def send_with_others(self, partition: Partition, bucket: bytes, strict: List[bytes], send):
+        """``send(others)`` to ``partition`` with the other copies it needs.
+
+        The ``strict`` keys' other copies are read first (outside the row
+        locks); the rest only when the partition finds a row missing or not
+        live and answers :class:`NeedOthers`, then ``send`` runs again with
+        them, at most three times in all.
+
+        :param send: ``send(others)`` with others a dict key ->
+            kv.storage.partition.Others; what it returns is returned.
+        :raises PartitionUnavailable: as ``send``, or (not ``down``) when the
+            keys kept changing.
+        """
+        others = self.others_of(bucket, strict, partition)
+        for _ in range(3):
+            try:
+                return send(others)
+            except NeedOthers as e:
+                others.update(self.others_of(bucket, e.keys, partition))
+        raise PartitionUnavailable([partition.name], "the keys changed too often", down=False)
 
     def others_of(self, bucket: bytes, keys: List[bytes], exclude: Partition) -> dict:
         """key -> what :meth:`newest_many` finds of its other copies, as
