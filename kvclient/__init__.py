@@ -7,26 +7,42 @@
     >>> store.get("greeting")
     b'hello'
 
+With authentication on, a Sauropod-style app+user session::
+
+    >>> import kvclient as client
+    >>> app = client.connect("http://kv:8080", app="notes", token=APP_TOKEN)
+    >>> s = app.start_session("alice@example.com", {"password": "..."})
+    >>> s.set("test", "TEST"); s.get("test")
+    b'TEST'
+
 The package imports no module of the server.  Its parts:
 
 - :mod:`kvclient.store`: :func:`connect` and :class:`Store`, the library
-  (transport, retries, the rules for a write whose answer was lost);
+  (transport, credentials, buckets, retries, the rules for a write whose
+  answer was lost);
+- :mod:`kvclient.tenants`: the part of :class:`Store` beyond one bucket's
+  keys: buckets, sessions, cross-bucket reads, aggregates, administration;
+- :mod:`kvclient.sessions`: :class:`SessionStore`, what
+  :meth:`Store.start_session` returns;
 - :mod:`kvclient.records`: :class:`Record` and the decoding of JSON records;
 - :mod:`kvclient.errors`: :class:`KVError` and its subclasses;
 - :mod:`kvclient.cli`: the ``kv`` command line (arguments, exit codes), with
-  its single-key commands in :mod:`kvclient.commands` and load, dump and
-  restore in :mod:`kvclient.bulk`;
+  its single-key commands in :mod:`kvclient.commands`, load, dump and
+  restore in :mod:`kvclient.bulk`, the administration commands in
+  :mod:`kvclient.admin`;
 - :mod:`kvclient.minimalkv_store`: :class:`HttpStore`, a minimalkv store
   (not imported here: it needs minimalkv).
 
 This module re-exports the library's public names.
 """
 
-from kvclient.errors import (BadRequest, Conflict, Indeterminate, InvalidKey, KVError, NotFound,
-                             PreconditionFailed, ServerError, TooLarge, Unavailable)
+from kvclient.errors import (BadRequest, Conflict, Forbidden, Indeterminate, InvalidKey, KVError,
+                             NotFound, PreconditionFailed, ServerError, TooLarge, Unauthorized,
+                             Unavailable)
 from kvclient.records import Record, decode_value, parse_time
+from kvclient.sessions import SessionStore
 from kvclient.store import Store, connect
 
-__all__ = ["connect", "Store", "Record", "decode_value", "parse_time", "KVError", "NotFound",
-           "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict", "TooLarge", "Unavailable",
-           "Indeterminate", "ServerError"]
+__all__ = ["connect", "Store", "SessionStore", "Record", "decode_value", "parse_time", "KVError",
+           "NotFound", "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict", "TooLarge",
+           "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden"]

@@ -3,7 +3,8 @@
 :class:`KVError` is the root (an ``OSError``, so that callers catching I/O
 failures catch it too); the leaves also inherit the builtin they mean, as
 requests does: :class:`NotFound` is a ``KeyError``, :class:`InvalidKey`,
-:class:`BadRequest` and :class:`TooLarge` are ``ValueError``.
+:class:`BadRequest` and :class:`TooLarge` are ``ValueError``;
+:class:`Unauthorized` (401) and :class:`Forbidden` (403) are ``PermissionError``.
 :func:`error_for` is the one place an HTTP answer becomes one of them.
 """
 
@@ -11,7 +12,7 @@ import re
 from typing import Optional
 
 __all__ = ["KVError", "NotFound", "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict",
-           "TooLarge", "Unavailable", "Indeterminate", "ServerError", "error_for"]
+           "TooLarge", "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden", "error_for"]
 
 
 class KVError(OSError):
@@ -68,6 +69,21 @@ class Indeterminate(Unavailable):
     ``indeterminate``)."""
 
 
+class Unauthorized(KVError, PermissionError):
+    """401: authentication is on and the request carried no valid credentials
+    (``authentication_required`` when it had none, ``invalid_credentials`` when
+    they were malformed, unknown, expired or revoked).  Never retried.
+
+    :ivar str challenge: the answer's ``WWW-Authenticate`` header ("" if none).
+    """
+    challenge: str = ""
+
+
+class Forbidden(KVError, PermissionError):
+    """403 ``forbidden``: the caller is authenticated but no rule allows this
+    verb on this bucket and key.  Never retried."""
+
+
 class ServerError(KVError):
     """Any other 5xx."""
 
@@ -89,9 +105,11 @@ def error_for(response) -> KVError:
     elif status == 400:
         cls = InvalidKey if code == "invalid_key" else BadRequest
     else:
-        cls = {409: Conflict, 412: PreconditionFailed, 413: TooLarge,
+        cls = {401: Unauthorized, 403: Forbidden, 409: Conflict, 412: PreconditionFailed, 413: TooLarge,
                503: Unavailable}.get(status, ServerError if status >= 500 else KVError)
     exc = cls(status, code, message)
     if isinstance(exc, Unavailable) and response.headers.get("Retry-After", "").isdigit():
         exc.retry_after = int(response.headers["Retry-After"])
+    if isinstance(exc, Unauthorized):
+        exc.challenge = response.headers.get("WWW-Authenticate", "")
     return exc

@@ -16,22 +16,29 @@ have taken effect (API.md: only a 2xx says a write is committed, only a 4xx
 that nothing was), so a later 404, 409 or 412 that it would explain is
 checked as :meth:`Store.put`, :meth:`Store.create` and :meth:`Store.delete`
 say.  When nothing can tell, :class:`Indeterminate` (an Unavailable) is
-raised.  ``batch`` is never retried once sent.
+raised.  ``batch`` is never retried once sent, and no request is retried
+after a 401 (:class:`kvclient.errors.Unauthorized`) or a 403
+(:class:`kvclient.errors.Forbidden`).
+
+Buckets and credentials (API.md "Buckets", "Authentication"): a store opened
+with ``bucket=`` sends every key method to ``/buckets/{bucket}/keys...``; one
+opened with ``token=`` or ``user=``/``password=`` sends them on every request.
 """
 
 import base64
 import re
 import time
-import urllib.parse
 from typing import Iterator, List, Optional, Tuple, Union
 
 import requests
+import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
 from kvclient.errors import Indeterminate, NotFound, Unavailable, error_for
 from kvclient.records import Record, decode_value
+from kvclient.tenants import TenantsMixin, quote_key, segment
 
 __all__ = ["connect", "Store"]
 
@@ -60,29 +67,77 @@ def _bytes(value: Union[str, bytes]) -> bytes:
     return bytes(value)
 
 
-def connect(url: str, timeout: float = 10.0, retries: int = 3) -> "Store":
+def connect(url: str, timeout: float = 10.0, retries: int = 3, *, bucket: Optional[str] = None,
+            token: Optional[str] = None, user: Optional[str] = None,
+            password: Optional[str] = None, app: Optional[str] = None) -> "Store":
     """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``).
 
     :param float timeout: seconds to wait for a connection and for each answer.
     :param int retries: retries per call (0 for none), as the module docstring says.
+    :param str bucket: the bucket every key method works in (API.md "Buckets"),
+        e.g. ``notes:alice@example.com``; None (the default) uses the ``/keys``
+        routes, which are the bucket ``default``.
+    :param str token: a bearer token (``kv_...``) sent as ``Authorization: Bearer``.
+    :param str user: a user name, sent with ``password`` as HTTP Basic (UTF-8,
+        RFC 7617); give either ``token`` or ``user``, not both.
+    :param str app: the application id ``token`` belongs to; only recorded
+        (``store.app``), for :meth:`Store.start_session`.
     :returns: :class:`Store` (nothing is sent until the first call).
+    :raises ValueError: when both a token and a user are given, or a password without a user.
     """
-    return Store(url, timeout, retries)
+    return Store(url, timeout, retries, bucket=bucket, token=token, user=user, password=password,
+                 app=app)
 
 
-class Store:
-    """A connection to the service; a dict-like view of its keys.
+class _Authorization(requests.auth.AuthBase):
+    """Sets one ``Authorization`` header on every request (and keeps requests
+    from looking in ~/.netrc, or encoding a Basic password as Latin-1)."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __call__(self, request):
+        request.headers["Authorization"] = self.value
+        return request
+
+
+def _authorization(token, user, password) -> Optional[_Authorization]:
+    if token is not None and user is not None:
+        raise ValueError("give a token or a user and password, not both")
+    if user is None and password is not None:
+        raise ValueError("a password needs a user")
+    if token is not None:
+        return _Authorization("Bearer " + token)
+    if user is not None:
+        pair = ("%s:%s" % (user, password or "")).encode("utf-8")
+        return _Authorization("Basic " + base64.b64encode(pair).decode("ascii"))
+    return None
+
+
+class Store(TenantsMixin):
+    """A connection to the service; a dict-like view of the keys of one bucket.
 
     ``store[key]`` reads, ``store[key] = value`` writes, ``del store[key]``
     deletes, ``key in store`` tests and ``iter(store)`` walks every key.
     Thread-safe in the way requests sessions are: use one Store per thread
-    for heavy concurrent use.
+    for heavy concurrent use.  The arguments are :func:`connect`'s; ``bucket``,
+    ``app`` and ``user`` stay readable as attributes.  Buckets, sessions,
+    cross-bucket reads and the administration API are in
+    :class:`kvclient.tenants.TenantsMixin`.  A 401 (:class:`Unauthorized`) or
+    403 (:class:`Forbidden`) is never retried.
     """
 
-    def __init__(self, url: str, timeout: float = 10.0, retries: int = 3):
+    def __init__(self, url: str, timeout: float = 10.0, retries: int = 3, *,
+                 bucket: Optional[str] = None, token: Optional[str] = None,
+                 user: Optional[str] = None, password: Optional[str] = None,
+                 app: Optional[str] = None):
         self.url = url.rstrip("/")
         self.timeout, self.retries = timeout, retries
+        self.bucket, self.app, self.user = bucket, app, user
+        self._token = token
+        self._keys = "/keys" if bucket is None else "/buckets/%s/keys" % segment(bucket)
         self.session = requests.Session()
+        self.session.auth = _authorization(token, user, password)
         # urllib3 retries connection failures of every method, and GET and HEAD
         # after a 503 or a lost answer; _write retries the writes itself.
         retry = Retry(total=retries, connect=retries, read=retries, status=retries,
@@ -106,7 +161,7 @@ class Store:
     # transport
     def _path(self, key) -> str:
         # "." is escaped too so that "." and ".." never look like dot-segments.
-        return "/keys/" + urllib.parse.quote(_key(key), safe="").replace(".", "%2E")
+        return self._keys + "/" + quote_key(key)
 
     def _send(self, method: str, path: str, **kwargs) -> requests.Response:
         """One request (urllib3 retrying what it may).
@@ -229,6 +284,11 @@ class Store:
             return self._resolve(key, data, _ETAG.findall(if_match or ""))
         return self._record(response, (200, 201))
 
+    def set(self, key, value, ttl: Optional[int] = None, if_match: Optional[str] = None,
+            if_none_match: Optional[str] = None) -> Record:
+        """Sauropod's name for :meth:`put` (same arguments, answer and errors)."""
+        return self.put(key, value, ttl, if_match, if_none_match)
+
     def create(self, key, value, ttl: Optional[int] = None) -> Record:
         """Create ``key``; never replaces (POST /keys).
 
@@ -243,7 +303,7 @@ class Store:
                 "encoding": "base64"}
         if ttl is not None:
             body["ttl"] = ttl
-        response, doubtful = self._write("POST", "/keys", json=body,
+        response, doubtful = self._write("POST", self._keys, json=body,
                                          headers={"Accept": "application/json"})
         if response.status_code == 409 and doubtful:
             return self._resolve(key, data)
@@ -313,7 +373,7 @@ class Store:
         if values:
             params["values"] = "true"
         while True:
-            page = self._request("GET", "/keys", params=params,
+            page = self._request("GET", self._keys, params=params,
                                  headers={"Accept": "application/json"}).json()
             yield page
             if not page["next"]:
@@ -358,10 +418,13 @@ class Store:
         """POST /batch (API.md): at most 1000 ops; returns one result dict per op.
 
         Not retried once sent.  Per-op failures are results, not exceptions.
+        On a store opened with a ``bucket``, an op without ``"bucket"`` gets it.
 
         :raises BadRequest: for a malformed batch (nothing was applied).
         :raises Indeterminate: when the answer was lost (some ops may have been applied).
         """
+        if self.bucket is not None:
+            ops = [op if "bucket" in op else dict(op, bucket=self.bucket) for op in ops]
         response = self._request("POST", "/batch", json={"ops": ops},
                                  headers={"Accept": "application/json"})
         return response.json()["results"]
@@ -369,3 +432,4 @@ class Store:
     def health(self) -> dict:
         """The /health report (also when some partition is down)."""
         return self._request("GET", "/health", ok=(200, 503)).json()
+
