@@ -15,10 +15,9 @@ import time
 
 import tqdm
 
-from kvclient.commands import EXIT_OK, EXIT_UNAVAILABLE, print_json
+from kvclient.commands import EXIT_OK, EXIT_UNAVAILABLE, open_store, print_json
 from kvclient.errors import KVError, NotFound
 from kvclient.records import decode_value, parse_time
-from kvclient.store import connect
 
 BATCH = 1000
 
@@ -81,7 +80,7 @@ class Loader:
 
     def store(self):
         if not hasattr(self.local, "store"):
-            self.local.store = connect(self.args.url, timeout=self.args.timeout)
+            self.local.store = open_store(self.args)
         return self.local.store
 
     def live(self, chunk):

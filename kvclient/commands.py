@@ -1,6 +1,7 @@
 """This module provides the single-key commands of ``kv`` (get, set, create,
-delete, ls), the exit codes every command returns, and the output helpers
-that the bulk commands (:mod:`kvclient.bulk`) share.
+delete, ls), the cross-bucket ones (buckets, across), the exit codes every
+command returns, :func:`open_store`, and the output helpers that the bulk
+and administration commands (:mod:`kvclient.bulk`, :mod:`kvclient.admin`) share.
 
 A command is ``cmd_NAME(store, args) -> int``: it runs on an open
 :class:`kvclient.Store` with the parsed arguments and returns the exit code;
@@ -12,8 +13,27 @@ import json
 import sys
 
 from kvclient.records import Record
+from kvclient.store import connect
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+EXIT_UNAUTHORIZED, EXIT_FORBIDDEN = 5, 6
+EXIT_DENIED = 1                  # kv check: the request would be denied
+
+
+def open_store(args):
+    """A :class:`kvclient.Store` for the parsed arguments: ``url``, ``timeout``
+    and, when present, ``bucket``, ``token``, ``user`` and ``password``."""
+    return connect(args.url, timeout=args.timeout, bucket=getattr(args, "bucket", None),
+                   token=getattr(args, "token", None), user=getattr(args, "user", None),
+                   password=getattr(args, "password", None))
+
+
+def value_text(value: bytes) -> str:
+    """A value for a line of text: as it is when UTF-8, else ``base64:`` and its base64."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode("ascii")
 
 
 def record_json(record: Record) -> dict:
@@ -22,7 +42,8 @@ def record_json(record: Record) -> dict:
     except UnicodeDecodeError:
         value, encoding = base64.b64encode(record.value).decode("ascii"), "base64"
     return {"key": record.key, "value": value, "encoding": encoding, "version": record.version,
-            "etag": record.etag, "created": record.created.isoformat(),
+            "etag": record.etag,
+            "created": record.created.isoformat() if record.created else None,
             "modified": record.modified.isoformat(),
             "expires": record.expires.isoformat() if record.expires else None}
 
@@ -98,4 +119,35 @@ def cmd_ls(store, args) -> int:
                 print("\t".join(fields))
             else:
                 print(entry["key"])
+    return EXIT_OK
+
+
+def cmd_buckets(store, args) -> int:
+    """Print the buckets the caller may list in (one per line, or JSON lines)."""
+    for bucket in store.buckets(args.prefix or ""):
+        if args.json:
+            print_json({"bucket": bucket})
+        else:
+            print(bucket)
+    return EXIT_OK
+
+
+def cmd_across(store, args) -> int:
+    """Print one key in every bucket of an app (``bucket<TAB>value`` lines),
+    or its aggregate with ``--aggregate``."""
+    if args.aggregate:
+        answer = store.aggregate(args.app, args.key, args.aggregate)
+        if args.json:
+            print_json(answer)
+        else:
+            print("%s %s (%s values, %s not numeric)%s" % (
+                answer.get("aggregate"), answer.get("value"), answer.get("count"),
+                answer.get("non_numeric", 0),
+                "" if answer.get("complete", True) else " INCOMPLETE: a partition was unreachable"))
+        return EXIT_OK
+    for bucket, record in store.read_across(args.app, args.key):
+        if args.json:
+            print_json({"bucket": bucket, "record": record_json(record)})
+        else:
+            print("%s\t%s" % (bucket, value_text(record.value)))
     return EXIT_OK
