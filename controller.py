@@ -20,18 +20,24 @@ import urllib.parse
 
 import web
 
-from datastore import DEFAULT_BUCKET, Datastore, open_store
+from datastore import Datastore, open_store
+from kv.auth.directory import Directory
 from kv.errors import InvalidRequest
+from kv.http import admin
+from kv.http.access import OPEN, authenticate
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
 from kv.http.conditional import not_modified, record_headers, write_condition
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
 from kv.http.negotiation import endpoint, format_override, render_problem, require
-from kv.http.representations import BATCH, EMPTY, HEALTH, LISTING, RECORD
-from kv.http.request import path_key, query, read_body, read_write_request, request_media_type
-from kv.records import Condition
+from kv.http.representations import BATCH, DOCUMENT, EMPTY, HEALTH, LISTING, RECORD, record_json
+from kv.http.paging import page_args, paged
+from kv.http.request import (path_bucket_key, public_bucket, query, read_body,
+                             read_write_request, request_media_type)
+from kv.records import Condition, check_key
 
 web.config.debug = False          # web.py turns it on under gunicorn otherwise (STYLE.md 1f)
 log = logging.getLogger("kv.controller")
+READ_METHODS = ("GET", "HEAD")
 
 
 def record_response(record, partition, status):
@@ -46,74 +52,108 @@ def record_response(record, partition, status):
 # -- resources ------------------------------------------------------------
 
 class KeyResource:
-    """/keys/{key}: GET, HEAD, PUT, DELETE of one key."""
+    """/keys/{key} and /buckets/{bucket}/keys/{key}: GET, HEAD, PUT, DELETE of one key."""
+
+    @staticmethod
+    def guard(access, method):
+        bucket, key = path_bucket_key()
+        access.require("read" if method in READ_METHODS else "write", bucket, check_key(key))
 
     @endpoint(RECORD)
-    def GET(self, _):
-        record, partition = web.ctx.store.get(DEFAULT_BUCKET, path_key())
+    def GET(self, *_):
+        record, partition = web.ctx.store.get(*path_bucket_key())
         if not_modified(record):
             return {EMPTY: True}, 304, record_headers(record, partition)
         return record_response(record, partition, 200)
 
     @endpoint(RECORD)
-    def PUT(self, _):
-        key = path_key()
+    def PUT(self, *_):
+        bucket, key = path_bucket_key()
         store = web.ctx.store
         condition = write_condition()
         _, value, ttl = read_write_request(store.settings, with_key=False)
         require(RECORD, value)
-        record, created, partition = store.put(DEFAULT_BUCKET, key, value, ttl, condition)
+        record, created, partition = store.put(bucket, key, value, ttl, condition)
         return record_response(record, partition, 201 if created else 200)
 
     @endpoint(EMPTY)
-    def DELETE(self, _):
-        _, partition = web.ctx.store.delete(DEFAULT_BUCKET, path_key(), write_condition())
+    def DELETE(self, *_):
+        _, partition = web.ctx.store.delete(*path_bucket_key(), write_condition())
         return {EMPTY: True}, 204, [("X-Partition", partition)]
 
 
 class KeyList:
-    """/keys: GET, HEAD (listing) and POST (create a new key)."""
+    """/keys and /buckets/{bucket}/keys: GET, HEAD (listing) and POST (create a new key)."""
+
+    @staticmethod
+    def guard(access, method):
+        bucket, _ = path_bucket_key()
+        if method in READ_METHODS:
+            access.require_some("list", bucket.decode(), query().get("prefix", "").encode())
 
     @endpoint(LISTING)
-    def GET(self):
+    def GET(self, *_):
         q = query()
         values = q.get("values", "false")
         if values not in ("true", "false"):
             raise InvalidRequest("values must be true or false")
-        limit = q.get("limit", "100")
-        if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= 1000:
-            raise InvalidRequest("limit must be a whole number from 1 to 1000")
-        listing = web.ctx.store.list(DEFAULT_BUCKET, q.get("prefix", "").encode("utf-8"),
+        bucket, _ = path_bucket_key()
+        limit, cursor = page_args()
+        access = web.ctx.access
+        visible = None
+        if access.enabled:
+            def visible(name, _):
+                return access.may("list", bucket, name)
+        listing = web.ctx.store.list(bucket, q.get("prefix", "").encode("utf-8"),
                                      q.get("delimiter", "").encode("utf-8"),
-                                     q.get("cursor") or None, int(limit), values == "true")
-        headers = []
-        if listing.next:
-            args = dict(q, cursor=listing.next)
-            headers.append(("Link", '</keys?%s>; rel="next"' % urllib.parse.urlencode(args)))
-        if listing.unavailable:
-            headers.append(("X-Partitions-Unavailable", ", ".join(listing.unavailable)))
+                                     cursor, limit, values == "true", visible)
+        if access.enabled and listing.values:
+            listing.items = [r if access.may("read", bucket, r.key) else r._replace(value=None)
+                             for r in listing.items]
+        listing.next, headers = paged(listing.next, listing.unavailable)
         return {LISTING: listing}, 200, headers
 
     @endpoint(RECORD)
-    def POST(self):
+    def POST(self, *_):
         store = web.ctx.store
+        bucket, _ = path_bucket_key()
         key, value, ttl = read_write_request(store.settings, with_key=True)
+        web.ctx.access.require("write", bucket, check_key(key))
         require(RECORD, value)
-        record, _, partition = store.put(DEFAULT_BUCKET, key, value, ttl,
-                                         Condition(create_only=True))
+        record, _, partition = store.put(bucket, key, value, ttl, Condition(create_only=True))
         payload, status, headers = record_response(record, partition, 201)
-        headers.append(("Location", "/keys/" + urllib.parse.quote(key, safe="")))
+        headers.append(("Location", urllib.parse.quote(web.ctx.path) + "/"
+                        + urllib.parse.quote(key, safe="")))
         return payload, status, headers
 
 
 class Batch:
-    """/batch: POST many reads and writes in one request."""
+    """/batch: POST many reads and writes in one request, each op in its own
+    bucket (``default`` unless it names one) and with its own permission."""
+
+    @staticmethod
+    def guard(access, _):
+        if not access.caller.authenticated:    # anonymous: only where ``anyone`` may act
+            access.require_some("read", "*", b"")
 
     @endpoint(BATCH, takes=BATCH_TYPES)
     def POST(self):
         store = web.ctx.store
+        access = web.ctx.access
         ops = parse_batch_body(request_media_type(), read_body(store.settings.max_batch_bytes))
-        results = store.batch(DEFAULT_BUCKET, ops)
+        results = [None] * len(ops)
+        groups: dict = {}
+        for i, op in enumerate(ops):
+            try:
+                public_bucket(op["bucket"])
+                access.require("read" if op["op"] == "get" else "write", op["bucket"],
+                               check_key(op["key"]))
+                groups.setdefault(op["bucket"], []).append(i)
+            except CLIENT_ERRORS as e:
+                results[i] = e
+        for bucket, indexes in groups.items():
+            for i, result in zip(indexes, store.batch(bucket, [ops[i] for i in indexes])):
+                results[i] = result
         return {BATCH: [op_result(op, result) for op, result in zip(ops, results)]}, 200, []
 
 
@@ -135,19 +175,94 @@ def op_result(op, result):
     return (201 if created else 200), record, None
 
 
+class BucketList:
+    """/buckets: GET the buckets holding a live key that the caller may list in."""
+
+    @staticmethod
+    def guard(access, _):
+        access.require_some("list", "*", b"")
+
+    @endpoint(DOCUMENT)
+    def GET(self):
+        limit, cursor = page_args()
+        access = web.ctx.access
+        page = web.ctx.store.buckets(query().get("prefix", "").encode("utf-8"), cursor, limit,
+                                     lambda bucket: access.may_some("list", bucket.decode(), b""))
+        sealed, headers = paged(page.next, page.unavailable)
+        return {DOCUMENT: {"items": [{"bucket": b.decode()} for b in page.items],
+                           "next": sealed}}, 200, headers
+
+
+class Across:
+    """/buckets/{app}:*/keys/{key}: GET one key in every bucket of an app
+    (``?aggregate=`` count, sum, min, max or avg answers one figure)."""
+
+    @staticmethod
+    def guard(access, _):
+        app, key = across_target()
+        access.require_some("read", app.decode() + ":*", key)
+
+    @endpoint(DOCUMENT)
+    def GET(self, *_):
+        app, key = across_target()
+        access = web.ctx.access
+
+        def readable(bucket):
+            return access.may("read", bucket, key)
+        function = query().get("aggregate")
+        store = web.ctx.store
+        if function is not None:
+            if function not in ("count", "sum", "min", "max", "avg"):
+                raise InvalidRequest("aggregate must be count, sum, min, max or avg")
+            result = store.aggregate(app, key, function, readable)
+            headers = ([("X-Partitions-Unavailable", "yes")] if not result.complete else [])
+            value = result.value
+            return {DOCUMENT: {"aggregate": function,
+                               "value": value if value is None or isinstance(value, int)
+                               else float(value),
+                               "count": result.count, "non_numeric": result.non_numeric,
+                               "complete": result.complete}}, 200, headers
+        limit, cursor = page_args()
+        page = store.read_across(app, key, cursor, limit, readable)
+        sealed, headers = paged(page.next, page.unavailable)
+        return {DOCUMENT: {"items": [{"bucket": b.decode(), "record": record_json(r)}
+                                     for b, r in page.items], "next": sealed}}, 200, headers
+
+
+def across_target():
+    """(app id bytes, key bytes) of /buckets/{app}:*/keys/{key}.
+
+    :raises InvalidBucket: for a bad app id; InvalidKey for a bad key.
+    """
+    path = web.ctx.path
+    app = path[len("/buckets/"):path.index(":*/keys/")].encode("utf-8")
+    public_bucket(app)
+    if b":" in app:
+        raise InvalidRequest("the application id cannot hold ':'")
+    _, key = path_bucket_key()
+    return app, check_key(key)
+
+
 class Health:
-    """/health: 200 when every partition answers, else 503."""
+    """/health: 200 when every partition answers, else 503.  With
+    authentication on, the body says only ok or degraded (API.md)."""
 
     @endpoint(HEALTH)
     def GET(self):
         report = web.ctx.store.health()
         down = [name for name, _, reason in report if reason]
         headers = [("Retry-After", "2")] if down else []
+        if web.ctx.kv_auth:                   # the status code only
+            return {EMPTY: True}, 503 if down else 200, headers
         return {HEALTH: report}, 503 if down else 200, headers
 
 
 class Unknown:
     """Any other path: 404."""
+
+    @staticmethod
+    def guard(access, method):
+        pass
 
     @endpoint()
     def GET(self, path):
@@ -158,19 +273,44 @@ class Unknown:
 
 # (?s:.*) so that a key holding a newline still reaches KeyResource and gets its 400.
 # web.py anchors each pattern and tries them in order: the busiest comes first.
-URLS = ("/keys/((?s:.*))", "KeyResource", "/keys", "KeyList", "/batch", "Batch",
-        "/health", "Health", "/((?s:.*))", "Unknown")
+URLS = ("/keys/((?s:.*))", KeyResource, "/keys", KeyList,
+        r"/buckets/([^/]*):\*/keys/((?s:.*))", Across,
+        "/buckets/([^/]*)/keys/((?s:.*))", KeyResource, "/buckets/([^/]*)/keys", KeyList,
+        "/buckets", BucketList, "/batch", Batch, "/health", Health) + admin.URLS + (
+        "/((?s:.*))", Unknown)
+_ROUTES = [(re.compile("^%s$" % URLS[i]), URLS[i + 1]) for i in range(0, len(URLS), 2)]
 
 
-def _processor(store):
-    """Per request: attach the store, validate ?format=, turn web.py's own
-    errors (405 from a missing method) into negotiated bodies, set
-    Content-Length and drop the body of HEAD, 204 and 304 responses."""
+def _admin_only(access, _):
+    access.require_admin()
+
+
+def _guard(path: str):
+    """The authorization of the route of ``path``: the route class's
+    ``guard(access, method)``, run before the handler and before any
+    storage is read; a route without one needs ``admin`` (default deny)."""
+    for pattern, route in _ROUTES:
+        if pattern.match(path):
+            return getattr(route, "guard", _admin_only)
+    return _admin_only
+
+
+def _processor(store, directory):
+    """Per request: attach the store, validate ?format=, authenticate the
+    caller and run the route's guard (kv.http.access; with authentication
+    off, everything is allowed), turn web.py's own errors (405 from a
+    missing method) into negotiated bodies, set Content-Length and drop the
+    body of HEAD, 204 and 304 responses."""
     def process(handler):
         ctx = web.ctx
         ctx.store = store
+        ctx.access = OPEN
+        ctx.kv_auth = directory is not None
         try:
             ctx.kv_format = format_override(query().get("format"))
+            if directory is not None and ctx.path != "/health":
+                ctx.access = authenticate(directory, ctx.env.get("HTTP_AUTHORIZATION"))
+                _guard(ctx.path)(ctx.access, ctx.method)
             body = handler()
         except web.HTTPError:
             allow = [v for k, v in ctx.headers if k.lower() == "allow"]
@@ -221,9 +361,17 @@ def create_application(config_path=None, store=None):
     for name in store.names:
         log.info("%s: %s", name, store.partitions[name].describe())
     log.info("replicas = %d, max_value_bytes = %d", store.replicas, store.settings.max_value_bytes)
-    app = web.application(URLS, {"KeyList": KeyList, "KeyResource": KeyResource, "Batch": Batch,
-                                 "Health": Health, "Unknown": Unknown}, autoreload=False)
-    app.add_processor(_processor(store))
+    directory = None
+    if store.settings.auth.enabled:
+        directory = Directory(store, store.settings.auth)
+        log.info("authentication is on; users, tokens and rules refresh every %d s",
+                 store.settings.auth.refresh_seconds)
+    else:
+        log.warning("authentication is OFF ([auth] enabled = false): every client may read, "
+                    "write and delete every key; turn it on before the service is reachable "
+                    "from a network that is not fully trusted")
+    app = web.application(URLS, {}, autoreload=False)
+    app.add_processor(_processor(store, directory))
     wsgi = app.wsgifunc(_whole_body)
     wsgi.store = store
     return wsgi

@@ -2,7 +2,9 @@
 and the tools use, from the kv package (see the README's "Code map").
 
 Command line: ``python datastore.py schema`` applies ``database_definition.sql``
-to every configured partition (idempotent).
+to every configured partition (idempotent); ``python datastore.py
+bootstrap-admin NAME`` creates the first administrator (API.md
+"Authentication") and prints its token.
 """
 
 import argparse
@@ -14,6 +16,8 @@ from kv.cluster.listing import Listing, decode_cursor, encode_cursor
 from kv.configuration import ConfigurationError, load_config
 from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, KeyNotFound,
                        PartitionUnavailable, PreconditionFailed, ValueTooLarge)
+from kv.auth.directory import Directory
+from kv.auth.rules import check_user_name
 from kv.placement import placement
 from kv.records import Condition, Record, check_key, now_us, winner_key
 
@@ -40,14 +44,56 @@ def command_store(parser: argparse.ArgumentParser, argv, log_level: int):
     return args, open_store(args.config)
 
 
+def bootstrap_admin(store, name: str, again: bool) -> int:
+    """Create the user ``name`` (no password: it signs in with the token),
+    the rule that gives it ``admin`` on everything, and one token of it,
+    printed as the only line of standard output.
+
+    :returns: the exit status: 0, or 1 when an admin exists (without
+        ``again``), 2 for a bad name.
+    :raises PartitionUnavailable: when ``_auth`` cannot be written.
+    """
+    directory = Directory(store, store.settings.auth)
+    try:
+        check_user_name(name)
+    except InvalidRequest as e:
+        print("bootstrap-admin: %s" % e, file=sys.stderr)
+        return 2
+    if directory.admin_exists() and not again:
+        print("bootstrap-admin: an admin exists already; --again makes another",
+              file=sys.stderr)
+        return 1
+    if directory.user(name) is None:
+        directory.put_user(name, None)
+    directory.add_rule({"effect": "allow", "principal": "user:" + name, "verbs": ["admin"],
+                        "bucket": "*", "keys": "#"})
+    secret, token = directory.create_token(name, None, None)
+    print(secret)
+    print("bootstrap-admin: user %s is an admin; its token (id %s) is shown this once%s"
+          % (name, token["id"], "" if store.settings.auth.enabled else
+             "; authentication is off until [auth] enabled = true"), file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
-    """``python datastore.py schema``: apply the schema to every partition."""
+    """``python datastore.py schema`` or ``bootstrap-admin NAME [--again]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["schema"],
-                        help="schema: apply database_definition.sql to every partition")
+    parser.add_argument("command", choices=["schema", "bootstrap-admin"],
+                        help="schema: apply database_definition.sql to every partition; "
+                             "bootstrap-admin NAME: create the first admin, print its token")
+    parser.add_argument("name", nargs="?", help="bootstrap-admin: the admin's user name")
+    parser.add_argument("--again", action="store_true",
+                        help="bootstrap-admin: even when an admin exists")
     args, store = command_store(parser, argv, logging.INFO)
     if store is None:
         return 2
+    if args.command == "bootstrap-admin":
+        if not args.name:
+            parser.error("bootstrap-admin needs the admin's user NAME")
+        try:
+            return bootstrap_admin(store, args.name, args.again)
+        finally:
+            store.close()
     failed = 0
     for name in store.names:
         partition = store.partitions[name]

@@ -62,6 +62,18 @@ class SyncSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """The ``[auth]`` section (API.md "Authentication"): ``enabled`` (off by
+    default: every request is allowed), ``session_seconds`` (how long a
+    session token lives, seconds; 24 h) and ``refresh_seconds`` (how old the
+    users, tokens and rules a web node holds in memory may be, seconds: a
+    change takes effect everywhere within this; at most 30)."""
+    enabled: bool = False
+    session_seconds: int = 86400
+    refresh_seconds: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The whole configuration.
 
@@ -74,6 +86,7 @@ class Settings:
     replicas: int
     partitions: Tuple[PartitionSettings, ...]
     sync: SyncSettings
+    auth: AuthSettings = AuthSettings()
 
 
 def _defaults(cls) -> dict:
@@ -88,6 +101,7 @@ DEFAULTS = {
     "cluster": {"replicas": 1},
     "partition": _defaults(PartitionSettings),
     "sync": _defaults(SyncSettings),
+    "auth": _defaults(AuthSettings),
 }
 
 
@@ -161,7 +175,17 @@ def load_config(path: Optional[str] = None) -> Settings:
                                 DEFAULTS["sync"]["tombstone_days"], 1, 36500),
         batch_size=_integer(parser, "sync", "batch_size", DEFAULTS["sync"]["batch_size"],
                             1, 100000))
-    return Settings(os.path.abspath(path), max_value, max_batch, replicas, partitions, sync)
+    a = DEFAULTS["auth"]
+    try:
+        enabled = parser.getboolean("auth", "enabled", fallback=a["enabled"])
+    except ValueError:
+        raise ConfigurationError("auth", "enabled", "must be true or false") from None
+    auth = AuthSettings(
+        enabled=enabled,
+        session_seconds=_integer(parser, "auth", "session_seconds", a["session_seconds"],
+                                 60, 365 * 86400),
+        refresh_seconds=_integer(parser, "auth", "refresh_seconds", a["refresh_seconds"], 1, 30))
+    return Settings(os.path.abspath(path), max_value, max_batch, replicas, partitions, sync, auth)
 
 
 def _partition(parser, name, base) -> PartitionSettings:

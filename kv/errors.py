@@ -35,6 +35,12 @@ class InvalidRequest(DatastoreError, ValueError):
     code = "bad_request"
 
 
+class InvalidBucket(InvalidRequest):
+    """The bucket name breaks API.md's bucket rules (1 to 255 bytes of
+    ``A-Z a-z 0-9 . _ ~ - @ +`` with at most one ``:``)."""
+    code = "invalid_bucket"
+
+
 class ValueTooLarge(DatastoreError):
     """The value or body is larger than the configured limit (bytes)."""
     code = "too_large"

@@ -9,13 +9,18 @@ what a write stores after the current copy (version and modified time);
 None of it talks to a database or knows HTTP.
 """
 
+import re
 import time
 from typing import NamedTuple, Optional, Sequence, Tuple
 
-from kv.errors import InvalidKey, KeyExists, KeyNotFound, PreconditionFailed
+from kv.errors import InvalidBucket, InvalidKey, KeyExists, KeyNotFound, PreconditionFailed
 
 MAX_KEY_BYTES = 512
 MAX_TTL_SECONDS = 315360000  # ten years, API.md
+MAX_BUCKET_BYTES = 255
+#: The bucket of the /keys routes (API.md "Buckets": /keys is /buckets/default/keys).
+DEFAULT_BUCKET = b"default"
+_BUCKET = re.compile(rb"[A-Za-z0-9._~@+-]+(?::[A-Za-z0-9._~@+-]*)?")
 _CONTROL = frozenset(range(0x20)) | {0x7F}
 
 
@@ -46,6 +51,23 @@ def check_key(key: bytes) -> bytes:
     except UnicodeDecodeError:
         raise InvalidKey("the key is not valid UTF-8") from None
     return key
+
+
+def check_bucket(bucket: bytes) -> bytes:
+    """Validate a bucket name as API.md "Buckets (tenants)" defines it and
+    return it unchanged: 1 to 255 bytes of ``A-Z a-z 0-9 . _ ~ - @ +`` with
+    at most one ``:`` (``{app}:{name}`` belongs to the application ``{app}``;
+    the app part is never empty).  Reserved names (``_...``) pass: whether a
+    caller may name them is the HTTP layer's rule.
+
+    :param bytes bucket: the name as bytes.
+    :returns: ``bucket``.
+    :raises InvalidBucket: for anything else.
+    """
+    if not bucket or len(bucket) > MAX_BUCKET_BYTES or not _BUCKET.fullmatch(bucket):
+        raise InvalidBucket("a bucket name is 1 to %d bytes of A-Z a-z 0-9 . _ ~ - @ + with at "
+                            "most one ':' after a non-empty application id" % MAX_BUCKET_BYTES)
+    return bucket
 
 
 # -- records and conditions --------------------------------------------------

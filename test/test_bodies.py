@@ -117,8 +117,8 @@ class BoundedParsingTest(unittest.TestCase):
         self.assertGreater(body.count(b",") + body.count(b"{"), 65536)
         parsed = parse_batch_body("application/json", body)
         self.assertEqual(len(parsed), 1000)
-        self.assertEqual(parsed[999], {"op": "put", "key": b"k999", "value": b"{[,]}" * 40,
-                                       "ttl": 60, "if_match": ('"1-a"',)})
+        self.assertEqual(parsed[999], {"op": "put", "bucket": b"default", "key": b"k999",
+                                       "value": b"{[,]}" * 40, "ttl": 60, "if_match": ('"1-a"',)})
 
     def test_limits_are_named_in_the_errors(self):
         cases = [(b'{"ops":[' + b",".join([b'{"op":"get","key":"k"}'] * 1001) + b"]}",

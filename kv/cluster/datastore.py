@@ -256,9 +256,10 @@ class Datastore:
 
     # -- listing ---------------------------------------------------------
     def list(self, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
-             cursor: Optional[str] = None, limit: int = 100, values: bool = False) -> Listing:
+             cursor: Optional[str] = None, limit: int = 100, values: bool = False,
+             visible=None) -> Listing:
         """A page of the bucket's live keys: :func:`kv.cluster.listing.list_keys`."""
-        return list_keys(self, bucket, prefix, delimiter, cursor, limit, values)
+        return list_keys(self, bucket, prefix, delimiter, cursor, limit, values, visible)
 
     # -- health ----------------------------------------------------------
     def health(self) -> List[Tuple[str, str, Optional[str]]]:

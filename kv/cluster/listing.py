@@ -4,7 +4,7 @@ partition's sorted rows, in pages bounded before the work (API.md "List")."""
 import base64
 import dataclasses
 import functools
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from kv.errors import InvalidRequest, KeyNotFound, PartitionUnavailable
 from kv.records import Record, winner_key
@@ -71,7 +71,8 @@ def _key_of(row) -> bytes:
 
 
 def list_keys(store, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
-              cursor: Optional[str] = None, limit: int = 100, values: bool = False) -> Listing:
+              cursor: Optional[str] = None, limit: int = 100, values: bool = False,
+              visible: Optional[Callable[[bytes, bool], bool]] = None) -> Listing:
     """List live keys in byte order, merging every partition's sorted rows.
 
     Each live key appears once (the newest copy wins, tombstones hide older
@@ -93,6 +94,10 @@ def list_keys(store, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
     :param str cursor: ``Listing.next`` of the previous page, or None.
     :param int limit: entries per page, 1 to 1000.
     :param bool values: include values in the records.
+    :param visible: None, or a filter ``visible(name, is_prefix) -> bool``
+        (the caller's permissions): a key or common prefix it refuses is
+        examined but not shown, so a page may hold fewer than ``limit``
+        entries, even none, with a ``next`` cursor.
     :returns: :class:`Listing`.
     :raises InvalidRequest: for a bad cursor or limit.
     :raises PartitionUnavailable: when ``replicas`` or more partitions are
@@ -136,7 +141,10 @@ def list_keys(store, bucket: bytes, prefix: bytes = b"", delimiter: bytes = b"",
             for stream in streams:
                 stream.seek(resume)
             last = (resume, True)
-            entries.append((None, common, last, None))
+            if visible is None or visible(common, True):
+                entries.append((None, common, last, None))
+            continue
+        if visible is not None and not visible(key, False):
             continue
         if values and entries and value_bytes + size > LIST_VALUE_BYTES and len(entries) < limit:
             cut = entries[-1][2]

@@ -23,7 +23,7 @@ import defusedxml
 import defusedxml.ElementTree
 
 from kv.errors import InvalidKey, InvalidRequest
-from kv.records import MAX_TTL_SECONDS
+from kv.records import MAX_TTL_SECONDS, check_bucket
 
 STRUCTURED_TYPES = ("application/json", "application/xml", "text/xml",
                     "application/x-www-form-urlencoded")
@@ -313,7 +313,7 @@ def parse_record_body(media: str, body: bytes) -> dict:
 
 
 _OPS = {"get", "put", "delete"}
-_OP_FIELDS = {"op", "key", "value", "encoding", "ttl", "if_match", "if_none_match"}
+_OP_FIELDS = {"op", "bucket", "key", "value", "encoding", "ttl", "if_match", "if_none_match"}
 _XML_OP_FIELDS = _OP_FIELDS - {"op", "encoding"}
 _BATCH_JSON = _Shape("batch", ((1, 'field in a batch body ({"ops": [...]})'),
                                (MAX_BATCH_OPS, "ops per batch"),
@@ -361,7 +361,10 @@ def _op(i: int, op: dict) -> dict:
         raise InvalidRequest("op %d: unknown op %s (get, put or delete)" % (i, _shown(kind)))
     if "key" not in op:
         raise InvalidRequest("op %d: no key" % i)
-    out = {"op": kind, "key": key_bytes(op["key"])}
+    bucket = op.get("bucket", "default")
+    if not isinstance(bucket, str):
+        raise InvalidRequest("op %d: bucket must be a string" % i)
+    out = {"op": kind, "bucket": check_bucket(bucket.encode("utf-8")), "key": key_bytes(op["key"])}
     if kind == "put":
         if "value" not in op:
             raise InvalidRequest("op %d: put needs a value" % i)
@@ -386,11 +389,12 @@ def parse_batch_body(media: str, body: bytes) -> list:
     anything nested deeper or wider than ops can be, is refused as soon as
     the parser reaches the excess (bounded time and memory, whatever the body).
 
-    :returns: list of dicts with ``op``, ``key`` (bytes), and for put
+    :returns: list of dicts with ``op``, ``bucket`` (bytes, default
+        ``default``; validated), ``key`` (bytes), and for put
         ``value`` (bytes), ``ttl`` (int or None), ``if_match``/``if_none_match``
         (None, "*" or a tuple of entity tags).
-    :raises InvalidRequest: for a malformed body, an unknown op or more than
-        1000 ops (nothing is applied then).
+    :raises InvalidRequest: for a malformed body, an unknown op, an invalid
+        bucket name or more than 1000 ops (nothing is applied then).
     """
     raw_ops = _json_ops(body) if media == "application/json" else _xml_ops(body)
     return [_op(i, op) for i, op in enumerate(raw_ops)]

@@ -46,7 +46,8 @@ ERROR_STATUS = (
 CLIENT_ERRORS = (HTTPProblem, DatastoreError)
 
 STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified",
-               400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+               400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+               405: "Method Not Allowed", 410: "Gone",
                406: "Not Acceptable", 409: "Conflict", 412: "Precondition Failed",
                413: "Content Too Large", 415: "Unsupported Media Type",
                500: "Internal Server Error", 503: "Service Unavailable"}

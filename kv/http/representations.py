@@ -3,7 +3,7 @@ formats a client can ask for (:data:`FORMATS`) and the one table
 :data:`RENDERERS` of payload kind x format -> renderer.
 
 A handler answers a payload dict with exactly one key, its kind (``record``,
-``listing``, ``error``, ``batch``, ``health`` or ``empty``); the cell of that
+``listing``, ``error``, ``batch``, ``health``, ``empty`` or ``document``); the cell of that
 kind in the negotiated format renders it to bytes.  A kind without a cell in
 a format has no representation there: asking for it is 406
 (:func:`representable`).  A new format is one more :class:`Format` and one
@@ -21,8 +21,8 @@ import orjson
 
 # -- the formats and the table ------------------------------------------------
 
-RECORD, LISTING, ERROR, BATCH, HEALTH, EMPTY = (
-    "record", "listing", "error", "batch", "health", "empty")
+RECORD, LISTING, ERROR, BATCH, HEALTH, EMPTY, DOCUMENT = (
+    "record", "listing", "error", "batch", "health", "empty", "document")
 
 
 class Format(NamedTuple):
@@ -166,7 +166,9 @@ def _nothing(_) -> bytes:
 
 # -- JSON -------------------------------------------------------------------
 
-def _json_record(record, with_value=True) -> dict:
+def record_json(record, with_value=True) -> dict:
+    """A record as API.md's JSON object (key, value and encoding, version,
+    created, modified, expires), for answers that embed records."""
     out = {"key": record.key.decode("utf-8")}
     if with_value:
         out["value"], out["encoding"] = text_of(record.value)
@@ -184,7 +186,7 @@ def _json_result(result) -> dict:
     status, record, error = result
     out = {"status": status}
     if record is not None:
-        out["record"] = _json_record(record)
+        out["record"] = record_json(record)
     if error is not None:
         out["error"] = _json_error(error)
     return out
@@ -203,7 +205,7 @@ def _json_listing(listing) -> dict:
     for r in listing.items:
         item = {"key": r.key.decode("utf-8"), "version": r.version,
                 "modified": timestamp(r.modified_us), "expires": timestamp(r.expires_us)}
-        if listing.values:
+        if listing.values and r.value is not None:     # None: the caller may not read it
             item["value"], item["encoding"] = text_of(r.value)
         items.append(item)
     return {"items": items, "prefixes": [p.decode("utf-8") for p in listing.prefixes],
@@ -241,7 +243,7 @@ def _xml_time(tag, us) -> str:
 
 def _xml_record(record, with_value=True, tag="record") -> str:
     parts = [_xml_text("key", record.key, for_value=False)]
-    if with_value:
+    if with_value and record.value is not None:
         parts.append(_xml_text("value", record.value))
     parts += ["<version>%d</version>" % record.version, _xml_time("created", record.created_us),
               _xml_time("modified", record.modified_us), _xml_time("expires", record.expires_us)]
@@ -276,6 +278,27 @@ def _xml_health(report) -> str:
         '<partition name="%s" engine="%s" up="%s"%s/>' % (
             _x(n), e, "false" if reason else "true",
             ' reason="%s"' % _x(reason) if reason else "") for n, e, reason in report)
+
+
+def _xml_element(tag: str, value) -> str:
+    """A JSON value as XML: an object's members become child elements, a
+    list's items ``<item>`` elements, null an empty element."""
+    if value is None:
+        return "<%s/>" % tag
+    if isinstance(value, dict):
+        inner = "".join(_xml_element(k, v) for k, v in value.items())
+    elif isinstance(value, list):
+        inner = "".join(_xml_element("item", v) for v in value)
+    elif isinstance(value, bool):
+        inner = "true" if value else "false"
+    else:
+        inner = _x(str(value))
+    return "<%s>%s</%s>" % (tag, inner, tag)
+
+
+def _xml_document(document) -> str:
+    (tag, value), = document.items() if len(document) == 1 else (("document", document),)
+    return _xml_element(tag, value)
 
 
 def _xml(build):
@@ -322,13 +345,16 @@ def _text_health(report) -> bytes:
 #: payload kind x format -> renderer of the payload value; None: no
 #: representation (406).  Values: RECORD a Record, LISTING a Listing, ERROR
 #: (status, code, message), BATCH a list of (status, Record or None, error or
-#: None), HEALTH a list of (partition name, engine, reason or None), EMPTY True.
+#: None), HEALTH a list of (partition name, engine, reason or None), EMPTY True,
+#: DOCUMENT a JSON object (dict of JSON values; in XML a one-member object is
+#: its member's element, any other is <document>).
 RENDERERS = _table(
     # kind    JSON                     XML                    TEXT           RAW
-    (RECORD,  _json(_json_record),     _xml(_xml_record),     _text_value,   _raw_value),
+    (RECORD,  _json(record_json),     _xml(_xml_record),     _text_value,   _raw_value),
     (LISTING, _json(_json_listing),    _xml(_xml_listing),    _text_listing, None),
     (ERROR,   _json(_json_error_doc),  _xml(_xml_error),      _text_error,   _text_error),
     (BATCH,   _json(_json_batch),      _xml(_xml_batch),      None,          None),
     (HEALTH,  _json(_json_health),     _xml(_xml_health),     _text_health,  _text_health),
     (EMPTY,   _nothing,                _nothing,              _nothing,      _nothing),
+    (DOCUMENT, orjson.dumps,           _xml(_xml_document),   None,          None),
 )

@@ -1,8 +1,8 @@
 """This module provides what a handler reads from the current web.py request:
 the query string (:func:`query`), the body in bounded chunks
 (:func:`read_body`), its media type (:func:`request_media_type`), the record
-of a PUT/POST (:func:`read_write_request`) and the key of ``/keys/{key}``
-(:func:`path_key`).
+of a PUT/POST (:func:`read_write_request`) and the bucket and key of the path
+(:func:`path_bucket_key`).
 
 A body is never read past its limit: a ``Content-Length`` over it is
 refused before anything is read, a chunked one as soon as it passes it.
@@ -15,6 +15,7 @@ import mimeparse
 import web
 
 from kv.errors import InvalidRequest, ValueTooLarge
+from kv.records import DEFAULT_BUCKET, check_bucket
 from kv.http.bodies import (STRUCTURED_TYPES, key_bytes, parse_record_body, parse_ttl,
                             structured_limit)
 from kv.http.errors import HTTPProblem
@@ -140,23 +141,51 @@ def read_write_request(settings, with_key: bool) -> Tuple[Optional[bytes], bytes
     return key, value, ttl
 
 
-def path_key() -> bytes:
-    """The key of /keys/{key}, as bytes, percent-decoded exactly once.
-
-    Servers disagree on ``%2F`` in PATH_INFO (gunicorn decodes it, cheroot
-    keeps it), so the raw request target is decoded here when the server
-    passes it (REQUEST_URI, RAW_URI); else PATH_INFO, latin-1 per PEP 3333.
-
-    :returns: the key (not validated: the datastore checks it).
-    """
+def _path() -> Tuple[str, bool]:
+    """The request path after SCRIPT_NAME: (path, True when still
+    percent-encoded).  Servers disagree on ``%2F`` in PATH_INFO (gunicorn
+    decodes it, cheroot keeps it), so the raw request target is used when
+    the server passes it (REQUEST_URI, RAW_URI); else PATH_INFO, latin-1
+    per PEP 3333, already decoded."""
     env = web.ctx.env
-    script = env.get("SCRIPT_NAME", "").encode("latin-1")
+    script = env.get("SCRIPT_NAME", "")
     raw = env.get("REQUEST_URI") or env.get("RAW_URI")
     if raw:
         target = raw.split("?", 1)[0]
         if "://" in target:                       # absolute-form request target
             target = "/" + target.split("://", 1)[1].partition("/")[2]
-        path = urllib.parse.unquote_to_bytes(target)
-    else:
-        path = script + env.get("PATH_INFO", "").encode("latin-1", "replace")
-    return path[len(script) + len(b"/keys/"):]
+        return target[len(script):], True
+    return env.get("PATH_INFO", ""), False
+
+
+def path_bucket_key() -> Tuple[bytes, bytes]:
+    """(bucket, key) of ``/keys/{key}`` (the bucket ``default``) or
+    ``/buckets/{bucket}/keys/{key}``, each percent-decoded exactly once;
+    the key is b"" on the listing routes (``/keys``, ``.../keys``).
+
+    :returns: (bucket, key) bytes; the bucket is validated, the key not
+        (the datastore checks it).
+    :raises InvalidBucket: for a bad bucket name (400).
+    :raises HTTPProblem: 404 for a reserved bucket (``_...``).
+    """
+    path, encoded = _path()
+
+    def decode(part: str) -> bytes:
+        return (urllib.parse.unquote_to_bytes(part) if encoded
+                else part.encode("latin-1", "replace"))
+    if path.startswith("/buckets/"):
+        name, _, rest = path[len("/buckets/"):].partition("/keys")
+        return public_bucket(decode(name)), decode(rest[1:])
+    return DEFAULT_BUCKET, decode(path[len("/keys/"):])
+
+
+def public_bucket(bucket: bytes) -> bytes:
+    """Validate a bucket name from a request (API.md "Buckets").
+
+    :raises InvalidBucket: for a bad name (400).
+    :raises HTTPProblem: 404 for a reserved name (``_...``): the service's own.
+    """
+    check_bucket(bucket)
+    if bucket.startswith(b"_"):
+        raise HTTPProblem(404, "not_found", "no such bucket")
+    return bucket
