@@ -33,12 +33,13 @@ import urllib.parse
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "test")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "test"), os.path.join(ROOT, "bench")]
 
 import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
 from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
+from auth_bench import auth_runs, auth_summary  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
@@ -60,15 +61,17 @@ if os.getenv("BENCH_BODIES") then
   for line in io.lines(os.getenv("BENCH_BODIES")) do bodies[#bodies + 1] = line end
 end
 math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
-local raw = {["Content-Type"] = "application/octet-stream"}
+local auth = os.getenv("BENCH_AUTH")
+local raw = {["Content-Type"] = "application/octet-stream", ["Authorization"] = auth}
 local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
-local json = {["Content-Type"] = "application/json"}
+local json = {["Content-Type"] = "application/json", ["Authorization"] = auth}
+local plain = {["Authorization"] = auth}
 request = function()
   n = n + 1
   local path = paths[math.random(#paths)]
   if mode == "zipf" then path = paths[(n * 7919) % #paths + 1] end
   if mode == "get" or mode == "zipf" or mode == "list" then
-    return wrk.format("GET", path)
+    return wrk.format("GET", path, plain)
   elseif mode == "put" then
     return wrk.format("PUT", path, raw, "value " .. n .. " " .. math.random())
   elseif mode == "cas" then
@@ -86,9 +89,12 @@ end
 """
 
 
-def wrk(url, mode, paths, seconds, bodies=None):
-    """One wrk run; returns (req/s, p50 ms, p99 ms, errors)."""
+def wrk(url, mode, paths, seconds, bodies=None, authorization=None):
+    """One wrk run (every request with this Authorization header when
+    given); returns (req/s, p50 ms, p99 ms, errors)."""
     env = dict(os.environ, BENCH_MODE=mode, BENCH_PATHS=paths)
+    if authorization:
+        env["BENCH_AUTH"] = authorization
     if bodies:
         env["BENCH_BODIES"] = bodies
     # --timeout: a POST /batch of 1000 keys may take over wrk's default 2 s,
@@ -130,13 +136,14 @@ def children(pid):
     return [pid] + [int(p) for p in out.split()]
 
 
-def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_request=1):
+def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_request=1,
+            authorization=None):
     """Median of ``reps`` wrk runs plus CPU per process group (CPU s per s)."""
     runs, cpu = [], {}
     for _ in range(reps):
         before = {g: cpu_seconds(pids()) for g, pids in groups.items()}
         started = time.monotonic()
-        runs.append(wrk(url, mode, paths, seconds, bodies))
+        runs.append(wrk(url, mode, paths, seconds, bodies, authorization))
         wall = time.monotonic() - started
         for g, pids in groups.items():
             cpu.setdefault(g, []).append((cpu_seconds(pids()) - before[g]) / wall)
@@ -332,6 +339,10 @@ def main(argv=None) -> int:
         service.terminate()
         service.wait()
         service = None
+        service = auth_runs(table, command, config, url, paths, s, r, measure, children, _wait)
+        service.terminate()
+        service.wait()
+        service = None
         print("web.py floor (bench/floor_app.py: one route, no database, same server):")
         floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
         service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
@@ -424,6 +435,8 @@ def _report(results, started_all) -> int:
     print("service/MariaDB GET=%.2f PUT=%.2f" % (
         by["service GET uniform"]["rate"] / by["sysbench oltp_point_select (8 threads)"]["rate"],
         by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
+    if "service GET, auth on (bearer token)" in by:
+        print(auth_summary(by))
     if "web.py floor (no database)" in by:
         print("service/web.py floor GET=%.2f" % (
             by["service GET uniform"]["rate"] / by["web.py floor (no database)"]["rate"]))
