@@ -30,10 +30,12 @@ class HttpStore(TimeToLiveMixin, KeyValueStore):
     :param str url: the service, e.g. ``http://127.0.0.1:8080``.
     :param float timeout: seconds per request.
     :param default_ttl_secs: TTL applied when ``put`` gets none (default: none).
+    :param options: ``bucket``, ``token``, ``user``, ``password``: as
+        :func:`kvclient.connect` takes them.
     """
 
-    def __init__(self, url: str, timeout: float = 10.0, default_ttl_secs=NOT_SET):
-        self._client = connect(url, timeout=timeout)
+    def __init__(self, url: str, timeout: float = 10.0, default_ttl_secs=NOT_SET, **options):
+        self._client = connect(url, timeout=timeout, **options)
         self.default_ttl_secs = default_ttl_secs
 
     def close(self):
