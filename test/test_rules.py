@@ -8,6 +8,7 @@ import random
 import re
 import unittest
 
+from kv.auth import rules as rules_module
 from kv.auth.rules import (VERBS, Caller, Decision, Rule, RuleSet, check_app_id, check_user_name,
                            parse_rule)
 from kv.errors import InvalidRequest
@@ -219,6 +220,24 @@ class SpecificityTest(unittest.TestCase):
                          rule("r4", "deny authenticated read on default k")])
         self.assertEqual(self.decide(rules, "j"), (True, "r2"))
         self.assertEqual(self.decide(rules, "k"), (False, "r4"))
+
+
+class MemoTest(unittest.TestCase):
+    """Decisions no key pattern took part in are remembered per (caller, verb, bucket)."""
+
+    def test_only_key_free_decisions_are_remembered_and_the_memo_is_bounded(self):
+        rules = ruleset("allow user:alice read on default #", "deny user:alice read on default secret/#",
+                        "allow user:* read on notes:${user} #")
+        for key in ("a", "secret/x", "b"):
+            self.assertEqual(rules.authorize(ALICE, "read", "default", key).allowed, key != "secret/x")
+        self.assertEqual(rules.authorize(ALICE, "read", "notes:alice", "x"), Decision(True, rules.rules[2]))
+        self.assertEqual(rules.authorize(Caller("alice", None, True), "read", "notes:alice", "y"),
+                         Decision(True, rules.rules[2]))
+        self.assertFalse(rules.authorize(BOB, "read", "notes:alice", "x").allowed)
+        self.assertEqual(set(rules._memo), {(ALICE, "read", "notes:alice"), (BOB, "read", "notes:alice")})
+        for i in range(rules_module._MEMO_ENTRIES + 10):
+            rules.authorize(ALICE, "read", "notes:%d" % i, "k")
+        self.assertLessEqual(len(rules._memo), rules_module._MEMO_ENTRIES)
 
 
 class VariablesAndViaAppTest(unittest.TestCase):

@@ -9,7 +9,9 @@ their evaluation, as API.md "Permissions" defines them.
 application permission levels and DistKV's path ACLs (``+`` one segment, a
 final ``#`` any number of them).  Nothing here does I/O or knows HTTP; the
 service evaluates on every request, so rules are indexed by principal, then
-by bucket kind, and key patterns are split once, with no regex on the way.
+by bucket kind, key patterns are split once, no regex is on the way, and a
+decision that no key pattern took part in is remembered per (caller, verb,
+bucket).
 """
 
 from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
@@ -33,6 +35,7 @@ _ALLOW_COVERS = {"list": ("list",), "read": ("read",), "write": ("write", "read"
 _DENY_COVERS = {"list": ("list", "admin"), "read": ("read", "write", "admin"),
                 "write": ("write", "admin"), "admin": ("admin",)}
 _ALL, _EXACT, _PREFIX, _GENERAL = range(4)  # key pattern kinds
+_MEMO_ENTRIES = 16384  # decisions a RuleSet remembers (see RuleSet.authorize)
 
 
 def _check_name(value, what: str, max_bytes: int) -> str:
@@ -200,9 +203,9 @@ def parse_rule(doc: dict, rule_id: str) -> Rule:
     _check_principal(principal)
     if not isinstance(verbs, list) or not verbs:
         raise _bad("verbs", "must be a non-empty list of %s" % ", ".join(VERBS))
-    for verb in verbs:
-        if verb not in VERBS:
-            raise _bad("verbs", "unknown verb %r (the verbs are %s)" % (verb, ", ".join(VERBS)))
+    unknown = [v for v in verbs if v not in VERBS]
+    if unknown:
+        raise _bad("verbs", "unknown verb %r (the verbs are %s)" % (unknown[0], ", ".join(VERBS)))
     _check_bucket_selector(doc["bucket"])
     _compile_keys(doc["keys"])
     via_app = doc.get("via_app")
@@ -262,6 +265,15 @@ class _Compiled:
         return segs[len(pre) - 1] is None or segs[len(pre) - 1].startswith(pre[-1])
 
 
+class _Rules(list):
+    """Compiled rules, most specific first; ``keyfree``: all of them on keys ``#``."""
+    __slots__ = ("keyfree",)
+
+    def __init__(self, rules: Iterable[_Compiled]):
+        super().__init__(sorted(rules, key=lambda c: (-c.rank, c.order)))
+        self.keyfree = all(c.kind == _ALL for c in self)
+
+
 class _Group:
     """The rules of one principal (or of several merged), by bucket kind.
 
@@ -270,9 +282,9 @@ class _Group:
     has ${user}, has ${app}, rules)``.  ``star`` holds the ``*`` rules and
     ``admin`` those of them on keys ``#``.  Every list is most specific first.
     """
-    __slots__ = ("levels", "star", "admin")
+    __slots__ = ("rules", "levels", "star", "admin")
 
-    def __init__(self, compiled: Iterable[_Compiled]):
+    def __init__(self, compiled: List[_Compiled]):
         exact, exact_tpl, app, app_tpl, star = {}, {}, {}, {}, []
         for c in compiled:
             selector = c.rule.bucket
@@ -284,69 +296,39 @@ class _Group:
             else:
                 table = exact_tpl if "$" in selector else exact
             table.setdefault(selector, []).append(c)
-        order = lambda rules: sorted(rules, key=lambda c: (-c.rank, c.order))  # noqa: E731
         self.levels = tuple(
-            ({k: order(v) for k, v in table.items()},
-             tuple((t, "${user}" in t, "${app}" in t, order(v)) for t, v in sorted(templates.items())))
+            ({k: _Rules(v) for k, v in table.items()},
+             tuple((t, "${user}" in t, "${app}" in t, _Rules(v)) for t, v in sorted(templates.items())))
             for table, templates in ((exact, exact_tpl), (app, app_tpl)))
-        self.star = order(star)
+        self.rules, self.star = compiled, _Rules(star)
         self.admin = [c for c in self.star if c.kind == _ALL]
 
-    def lists_at(self, level: int, name: str, user: Optional[str], app: Optional[str]) -> list:
-        """The non-empty rule lists whose selector matches ``name``: level 0 an
-        exact bucket name, 1 an app id (``{app}:*`` selectors), 2 (``*``) any."""
-        if level == 2:
-            return [self.star] if self.star else []
-        table, templates = self.levels[level]
-        found = table.get(name)
-        lists = [found] if found else []
-        for text, needs_user, needs_app, rules in templates:
-            if _substitute(text, needs_user, needs_app, user, app) == name:
-                lists.append(rules)
-        return lists
 
-    def lists_over(self, bucket: str, user: Optional[str], app: Optional[str]) -> list:
-        """Every rule list whose selector could match some bucket of ``bucket``:
-        an exact name, ``{app}:*`` (some bucket of the app) or ``*``."""
-        if bucket != "*" and not bucket.endswith(":*"):
-            i = bucket.find(":")
-            return (self.lists_at(0, bucket, user, app) + self.lists_at(2, "", user, app)
-                    + (self.lists_at(1, bucket[:i], user, app) if i > 0 else []))
-        lists = [self.star]
-        for level, (table, templates) in enumerate(self.levels):
-            names = list(table.items()) + [
-                (_substitute(t, nu, na, user, app), rules) for t, nu, na, rules in templates]
-            for name, rules in names:
-                if name is not None and (bucket == "*" or (
-                        name == bucket[:-2] if level else name.startswith(bucket[:-1]))):
-                    lists.append(rules)
-        return lists
+def _reaches(selector: str, bucket: str, user, app) -> bool:
+    """Whether a bucket selector, variables replaced, matches some bucket of
+    ``bucket`` (an exact name, ``{app}:*`` for some bucket of the app, or ``*``)."""
+    for variable, value in (("${user}", user), ("${app}", app)):
+        if variable in selector:
+            if value is None:
+                return False  # the request lacks the variable: no match
+            selector = selector.replace(variable, value)
+    if selector == "*" or bucket == "*":
+        return True
+    if bucket.endswith(":*"):
+        return selector.startswith(bucket[:-1])
+    return selector == bucket or (selector.endswith(":*") and bucket.startswith(selector[:-1]))
 
 
-def _substitute(text: str, needs_user: bool, needs_app: bool, user, app) -> Optional[str]:
-    """``text`` with ``${user}``/``${app}`` replaced; None when the request lacks one."""
-    if needs_user:
-        if user is None:
-            return None
-        text = text.replace("${user}", user)
-    if needs_app:
-        if app is None:
-            return None
-        text = text.replace("${app}", app)
-    return text
-
-
-def _scan(lists, verb: str, app: Optional[str], key: str, ksegs) -> Optional[_Compiled]:
+def _scan(lists, verb: str, app: Optional[str], key: str) -> Optional[_Compiled]:
     """The deciding rule among the candidates in ``lists`` (each most specific
     first), all of one bucket rank, or None: the highest key rank decides, a
-    deny among equals wins, the lowest order among the deciding is reported.
-    ``ksegs`` is ``key.split("/")``, needed only by patterns with ``+``."""
+    deny among equals wins, the lowest order among the deciding is reported."""
     best, deny, pick = -1, False, None
     for rules in lists:
         for c in rules:
             rank = c.rank
             if rank < best:
-                break
+                break  # the rest of this list is less specific
             if verb not in c.covers or (c.via is not None and c.via != app):
                 continue
             kind = c.kind
@@ -358,7 +340,7 @@ def _scan(lists, verb: str, app: Optional[str], key: str, ksegs) -> Optional[_Co
                     if key != c.lit and not key.startswith(c.lit_slash):
                         continue
                 else:  # _GENERAL
-                    segs = c.segs
+                    segs, ksegs = c.segs, key.split("/")
                     if len(ksegs) < len(segs) if c.hash else len(ksegs) != len(segs):
                         continue
                     if any(p is not None and p != s for p, s in zip(segs, ksegs)):
@@ -381,6 +363,8 @@ class RuleSet:
     then by bucket kind; evaluation looks only at those, not at every rule.
     The rule reported among equally specific deciding rules is the one with
     the lowest id, ids compared by (length, text) so that ``r2`` < ``r10``.
+    A RuleSet never changes once built (a new one replaces it when the rules
+    change), so threads share it; its memo is a dict, safe under the GIL.
 
     :param rules: the :class:`Rule` objects (ids unique), e.g. from :func:`parse_rule`.
     """
@@ -390,7 +374,6 @@ class RuleSet:
         by_principal: Dict[str, List[_Compiled]] = {}
         for order, rule in enumerate(self.rules):
             by_principal.setdefault(rule.principal, []).append(_Compiled(rule, order))
-        self._general = any(c.kind == _GENERAL for cs in by_principal.values() for c in cs)
         self._users = {p[5:]: _Group(cs) for p, cs in by_principal.items()
                        if p.startswith("user:") and p != "user:*"}
         self._apps = {p[4:]: _Group(cs) for p, cs in by_principal.items()
@@ -403,6 +386,7 @@ class RuleSet:
         self._app_common = merged("app:*", "authenticated", "anyone")
         self._authenticated = merged("authenticated", "anyone")
         self._anonymous = merged("anyone")
+        self._memo: Dict[tuple, Decision] = {}  # (caller, verb, bucket) -> a key-free decision
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -420,9 +404,10 @@ class RuleSet:
             halves.append(self._authenticated if caller.authenticated else self._anonymous)
         return halves
 
-    def _decide(self, groups, verb: str, bucket: str, key: str, user, app) -> Decision:
-        """One half's decision: the most specific bucket rank with a candidate decides."""
-        ksegs = key.split("/") if self._general else None
+    def _decide(self, groups, verb: str, bucket: str, key: str, user, app) -> Tuple[Decision, bool]:
+        """One half's decision, the most specific bucket rank with a candidate
+        deciding, and whether it is the same for every key (all rules seen on ``#``)."""
+        keyfree = True
         i = bucket.find(":")
         for level, name in enumerate((bucket, bucket[:i] if i > 0 else None)):
             if name is None:
@@ -433,23 +418,25 @@ class RuleSet:
                 rules = table.get(name)
                 if rules:
                     lists.append(rules)
-                for text, needs_user, needs_app, rules in templates:  # inline _substitute
+                    keyfree = keyfree and rules.keyfree
+                for text, needs_user, needs_app, rules in templates:
+                    if needs_user and user is None or needs_app and app is None:
+                        continue  # the request lacks a variable: no match
                     if needs_user:
-                        if user is None:
-                            continue
                         text = text.replace("${user}", user)
                     if needs_app:
-                        if app is None:
-                            continue
                         text = text.replace("${app}", app)
                     if text == name:
                         lists.append(rules)
+                        keyfree = keyfree and rules.keyfree
             if lists:
-                pick = _scan(lists, verb, app, key, ksegs)
+                pick = _scan(lists, verb, app, key)
                 if pick is not None:
-                    return pick.decision
-        pick = _scan([g.star for g in groups], verb, app, key, ksegs)
-        return _DEFAULT_DENY if pick is None else pick.decision
+                    return pick.decision, keyfree
+        for g in groups:
+            keyfree = keyfree and g.star.keyfree
+        pick = _scan([g.star for g in groups], verb, app, key)
+        return _DEFAULT_DENY if pick is None else pick.decision, keyfree
 
     def authorize(self, caller: Caller, verb: str, bucket: str, key: str) -> Decision:
         """Decide whether ``caller`` may use ``verb`` on ``key`` of ``bucket``.
@@ -460,7 +447,9 @@ class RuleSet:
         wins; no candidate is a denial.  A session needs both halves (user and
         app principals, same variables) allowed (Sauropod); its denial reports
         the denying half (the user's when both deny), its allowance the user
-        half's rule.  A reserved bucket (``_``...) is always denied.
+        half's rule.  A reserved bucket (``_``...) is always denied.  A
+        decision that no key pattern took part in is remembered for (caller,
+        verb, bucket): up to 16384 of them, then the memo starts again.
 
         :param Caller caller: who asks.
         :param str verb: one of :data:`VERBS`.
@@ -469,24 +458,26 @@ class RuleSet:
         :returns: a :class:`Decision`; ``rule`` is None for a default denial.
         :raises InvalidRequest: for an unknown verb.
         """
+        memo_key = (caller, verb, bucket)
+        decision = self._memo.get(memo_key)
+        if decision is not None:
+            return decision
         if verb not in _ALLOW_COVERS:
             raise InvalidRequest("unknown verb %r (the verbs are %s)" % (verb, ", ".join(VERBS)))
         if bucket.startswith("_"):
             return _DEFAULT_DENY
-        user, app = caller.user, caller.app
-        if user is not None:
-            g = self._users.get(user)
-            decision = self._decide((g,) + self._user_common if g else self._user_common,
-                                    verb, bucket, key, user, app)
-            if app is None or not decision.allowed:
-                return decision
-        if app is not None:
-            g = self._apps.get(app)
-            app_decision = self._decide((g,) + self._app_common if g else self._app_common,
-                                        verb, bucket, key, user, app)
-            return app_decision if user is None or not app_decision.allowed else decision
-        return self._decide(self._authenticated if caller.authenticated else self._anonymous,
-                            verb, bucket, key, None, None)
+        keyfree = True
+        for groups in self._halves(caller):
+            half, half_keyfree = self._decide(groups, verb, bucket, key, caller.user, caller.app)
+            keyfree, decision = keyfree and half_keyfree, decision or half
+            if not half.allowed:
+                decision = half
+                break
+        if keyfree:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            self._memo[memo_key] = decision
+        return decision
 
     def could_allow(self, caller: Caller, verb: str, bucket: str, prefix: str) -> bool:
         """Whether some rule of ``caller`` could allow ``verb`` on a key starting
@@ -511,11 +502,10 @@ class RuleSet:
         if bucket.startswith("_"):
             return False
         user, app, pre = caller.user, caller.app, prefix.split("/")
-        return all(
-            any(c.allow and verb in c.covers and (c.via is None or c.via == app)
-                and c.could_match_prefix(pre)
-                for g in groups for rules in g.lists_over(bucket, user, app) for c in rules)
-            for groups in self._halves(caller))
+        return all(any(c.allow and verb in c.covers and (c.via is None or c.via == app)
+                           and _reaches(c.rule.bucket, bucket, user, app) and c.could_match_prefix(pre)
+                           for g in groups for c in g.rules)
+                   for groups in self._halves(caller))
 
     def may_admin(self, caller: Caller) -> Decision:
         """The decision for verb ``admin`` over bucket ``*`` and keys ``#``
@@ -526,11 +516,11 @@ class RuleSet:
         :param Caller caller: who asks.
         :returns: a :class:`Decision` (rule None for a default denial).
         """
-        first = None
+        decision = None
         for groups in self._halves(caller):
-            pick = _scan([g.admin for g in groups], "admin", caller.app, "", None)
-            decision = _DEFAULT_DENY if pick is None else pick.decision
-            if not decision.allowed:
-                return decision
-            first = first or decision
-        return first
+            pick = _scan([g.admin for g in groups], "admin", caller.app, "")
+            half = pick.decision if pick else _DEFAULT_DENY
+            if not half.allowed:
+                return half
+            decision = decision or half
+        return decision
