@@ -6,13 +6,14 @@ classes mix it into ``unittest.TestCase`` and implement ``make_partition()``
 with "Test", so nose2 collects only the concrete classes.
 """
 
+import functools
 import threading
 from unittest import mock
 
 import datastore
 from datastore import Condition, Record
 from kv import records
-from kv.storage.partition import NO_OTHERS, NeedOthers, WriteRequest
+from kv.storage.partition import NO_OTHERS, NeedOthers, Partition, WriteRequest
 
 BUCKET = b"default"
 HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
@@ -25,6 +26,14 @@ def _put(partition, key, value, modified=None, deleted=False, expires=None):
         version = current.version + 1 if current else 1
         return Record(BUCKET, key, value, version, now, modified or now, expires, deleted)
     return partition.write(WriteRequest(BUCKET, key, make, NO_OTHERS))[0]
+
+
+def _put_in(partition, bucket, key, value=b"v", deleted=False, expires=None):
+    """Write (bucket, key) as given (``expires`` in microseconds)."""
+    def make(current, now):
+        return Record(bucket, key, value, current.version + 1 if current else 1, now, now,
+                      expires, deleted)
+    return partition.write(WriteRequest(bucket, key, make, NO_OTHERS))[0]
 
 
 def _overwrite(partition, key, value, ttl=None):
@@ -176,6 +185,71 @@ class PartitionContract:
         rows = self.partition.scan(BUCKET, b"", True, None, 10)
         self.assertEqual([(r.key, r.deleted, r.value, size) for r, size in rows],
                          [(b"dead", True, b"", 0), (b"live", False, b"", 5)])
+
+    def _buckets(self):
+        """Buckets in every state: (live names, every name), in byte order."""
+        _put_in(self.partition, b"a", b"k")
+        _put_in(self.partition, b"Z", b"k")
+        _put_in(self.partition, b"b" * 255, b"k" * 512)                  # the longest names
+        _put_in(self.partition, b"dead", b"k", b"", deleted=True)
+        _put_in(self.partition, b"exp", b"k", expires=self.partition.clock() - 1)
+        _put_in(self.partition, b"later", b"k", expires=self.partition.clock() + 10**9)
+        _put_in(self.partition, b"mixed", b"gone", b"", deleted=True)
+        _put_in(self.partition, b"mixed", b"here")
+        for i in range(5):
+            _put_in(self.partition, b"notes:%d" % i, b"k")
+            _put_in(self.partition, b"notes:%d-dead" % i, b"k", deleted=True)
+        live = sorted([b"a", b"Z", b"b" * 255, b"later", b"mixed"]
+                      + [b"notes:%d" % i for i in range(5)])
+        return live, sorted(live + [b"dead", b"exp"] + [b"notes:%d-dead" % i for i in range(5)])
+
+    def test_scan_buckets_lists_the_buckets_with_a_live_row_in_byte_order(self):
+        live, _ = self._buckets()
+        scan = self.partition.scan_buckets
+        self.assertEqual(scan(b"", True, None, 100), live)
+        self.assertEqual(scan(b"a", True, b"mixed", 100), [b"a", b"b" * 255, b"later"])
+        self.assertEqual(scan(b"a", False, b"mixed", 100), [b"b" * 255, b"later"])
+        self.assertEqual(scan(b"notes:", True, b"notes;", 100), [b"notes:%d" % i for i in range(5)])
+        for limit in (1, 2, 3):     # dead buckets between live ones: the walk goes on past them
+            self.assertEqual(scan(b"notes:", True, b"notes;", limit),
+                             [b"notes:%d" % i for i in range(limit)])
+            self.assertEqual(scan(b"dead", True, None, limit), live[live.index(b"later"):][:limit])
+        self.assertEqual(scan(b"notes;", True, None, 100), [])
+        self.assertEqual(scan(b"b", True, b"dead", 100), [b"b" * 255])
+        self.assertEqual(self.partition.scan_buckets(b"", True, None, 1), [b"Z"])
+        portable = functools.partial(Partition._bucket_names, self.partition)
+        with mock.patch.object(self.partition, "_bucket_names", portable):   # SELECT DISTINCT
+            self.assertEqual(scan(b"", True, None, 100), live)
+            self.assertEqual(scan(b"a", False, b"mixed", 2), [b"b" * 255, b"later"])
+            self.assertEqual(scan(b"dead", True, None, 1), [b"later"])
+
+    def test_scan_key_across_reads_one_key_in_a_range_of_buckets_with_values(self):
+        for bucket, value, kwargs in ((b"app:a", b"1", {}), (b"app:b", b"", {"deleted": True}),
+                                      (b"app:c", b"3", {"expires": 1}), (b"app:e", b"5", {}),
+                                      (b"apq:x", b"out", {}), (b"ap", b"out", {}),
+                                      (b"app;", b"out", {}), (b"app", b"out", {})):
+            _put_in(self.partition, bucket, b"key", value, **kwargs)
+        _put_in(self.partition, b"app:d", b"other key")
+        _put_in(self.partition, b"app:e", b"keys")
+        _put_in(self.partition, b"app:e", b"ke")
+
+        def across(start=b"app:", inclusive=True, limit=100):
+            return [(r.bucket, r.key, r.value, r.deleted)
+                    for r in self.partition.scan_key_across(start, inclusive, b"app;", b"key", limit)]
+        everything = [(b"app:a", b"key", b"1", False), (b"app:b", b"key", b"", True),
+                      (b"app:c", b"key", b"3", False), (b"app:e", b"key", b"5", False)]
+        self.assertEqual(across(), everything)
+        self.assertEqual(across(b"app:a", False), everything[1:])
+        self.assertEqual(across(b"app:c", True), everything[2:])
+        for limit in (1, 2, 3, 4):          # app:d lacks the key: the walk goes on past it
+            self.assertEqual(across(limit=limit), everything[:limit])
+        self.assertEqual(across(b"app:c", False, 1), everything[3:])
+        expired = self.partition.scan_key_across(b"app:c", True, b"app:d", b"key", 5)
+        self.assertEqual(expired[0].expires_us, 1)
+        self.assertEqual(self.partition.scan_key_across(b"", True, None, b"missing", 5), [])
+        self.assertEqual(
+            [r.bucket for r in self.partition.scan_key_across(b"", True, None, b"key", 100)],
+            [b"ap", b"app", b"app:a", b"app:b", b"app:c", b"app:e", b"app;", b"apq:x"])
 
     def test_largest_value_round_trips(self):
         value = bytes(range(256)) * (65536 - 1) + b"x" * 255   # 16 MiB - 1 bytes
@@ -359,6 +433,8 @@ class PartitionContract:
         calls = {
             "read": lambda: self.partition.read(BUCKET, b"k"),
             "scan": lambda: self.partition.scan(BUCKET, b"", True, None, 10),
+            "scan_buckets": lambda: self.partition.scan_buckets(b"", True, None, 10),
+            "scan_key_across": lambda: self.partition.scan_key_across(b"a:", True, b"a;", b"k", 10),
             "write": lambda: _put(self.partition, b"k", b"v"),
             "ping": self.partition.ping,
             "apply_schema": self.partition.apply_schema,

@@ -84,7 +84,11 @@ class Partition(ReplicationCalls, Connection):
     - Concurrent ``read`` calls of one process share one query, and
       concurrent ``write`` calls one transaction (coalescing.py); each call
       still sees every write that completed before it began.
-    - ``scan`` returns rows (tombstones included) in byte order of key.
+    - ``scan`` returns rows (tombstones included) in byte order of key;
+      ``scan_buckets`` the names of the buckets holding a live row, and
+      ``scan_key_across`` the rows of one key in a range of buckets, in
+      byte order of bucket (engines give :meth:`_bucket_names`, the walk
+      of the distinct bucket names).
     - Any failure to reach the database, or a timeout, raises
       :class:`PartitionUnavailable` (the driver exception in ``original``).
       When the database is unreachable (``down``) the partition then counts
@@ -148,6 +152,99 @@ class Partition(ReplicationCalls, Connection):
         with self._cursor() as cursor:
             cursor.execute(self._sql(sql), params)
             return [(record_of(row), row[8]) for row in cursor.fetchall()]
+
+    def _bucket_names(self, start: bytes, inclusive: bool, end: Optional[bytes],
+                      limit: int) -> Tuple[str, list]:
+        """Engine hook: a SELECT of the first ``limit`` distinct bucket names
+        of kv_rows after ``start`` (or from it, ``inclusive``) and below
+        ``end`` (None: no end), in byte order, as one column ``bucket``; and
+        its parameters, in order.  It becomes a derived table, so it needs no
+        ORDER BY of its own beyond what its LIMIT needs.
+
+        This portable one (SELECT DISTINCT) reads every row of the buckets it
+        passes, a million rows for a bucket of a million keys; the engines
+        override it with a skip scan of the primary key, one index dive a
+        bucket whatever its size.
+        """
+        sql = "SELECT DISTINCT bucket FROM kv_rows WHERE bucket " + (">=" if inclusive else ">") + " %s"
+        params: list = [start]
+        if end is not None:
+            sql += " AND bucket < %s"
+            params.append(end)
+        return sql + " ORDER BY bucket LIMIT %s", params + [limit]
+
+    def scan_buckets(self, start: bytes, inclusive: bool, end: Optional[bytes],
+                     limit: int) -> List[bytes]:
+        """Distinct names of the buckets that hold at least one live row here
+        (not a tombstone, not expired at this partition's ``clock()``), in
+        byte order, from ``start`` (``inclusive``) or after it, below ``end``.
+
+        Cost: it walks the primary key (bucket, k) bucket by bucket, ``limit``
+        names a statement (:meth:`_bucket_names`: one index dive a bucket on
+        MariaDB and SQLite), and for each name reads that bucket's rows in
+        key order up to its first live one: a bucket whose rows are all
+        tombstones or expired is read whole, and the walk goes on past such
+        buckets (more statements) until ``limit`` live ones are found or the
+        range ends.  Fewer than ``limit`` names means the range is done.
+
+        :param bytes start: first name (``inclusive``) or the name to start after.
+        :param bytes end: exclusive upper bound, or None for no end.
+        :param int limit: at most this many names (>= 1).
+        :returns: list of bucket names (bytes).
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        now = self.clock()
+        found: List[bytes] = []
+        with self._cursor() as cursor:
+            while len(found) < limit:
+                names, params = self._bucket_names(start, inclusive, end, limit)
+                cursor.execute(self._sql(
+                    "SELECT g.bucket, EXISTS (SELECT 1 FROM kv_rows r WHERE r.bucket = g.bucket"
+                    " AND r.deleted = 0 AND (r.expires_us IS NULL OR r.expires_us > %s))"
+                    " FROM (" + names + ") g ORDER BY g.bucket"), [now] + params)
+                rows = cursor.fetchall()
+                found += [bytes(name) for name, live in rows if live]
+                if len(rows) < limit:
+                    break
+                start, inclusive = bytes(rows[-1][0]), False
+        return found[:limit]
+
+    def scan_key_across(self, start: bytes, inclusive: bool, end: Optional[bytes], key: bytes,
+                        limit: int) -> List[Record]:
+        """The rows of ``key`` in the buckets from ``start`` (``inclusive``)
+        or after it, below ``end``, in bucket byte order, with their values;
+        tombstones and expired rows included (the router decides what is
+        live).  The range of an app ``notes`` is ``b"notes:"`` to ``b"notes;"``.
+
+        Cost: the same walk of the primary key as :meth:`scan_buckets`, and
+        one point read of (bucket, key) a bucket; a statement examines at
+        most the ``limit`` minus found names, so no statement reads more
+        than ``limit`` values, and the walk goes on until ``limit`` rows are
+        found or the range ends: a key that few buckets of a large app hold
+        walks every bucket of the range.
+
+        :param bytes start: first bucket (``inclusive``) or the bucket to start after.
+        :param bytes end: exclusive upper bound of the bucket, or None.
+        :param bytes key: the key (not validated here).
+        :param int limit: at most this many rows (>= 1).
+        :returns: list of :class:`Record` with values.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        columns = ", ".join("r." + column for column in COLUMNS.split(", "))
+        found: List[Record] = []
+        with self._cursor() as cursor:
+            while len(found) < limit:
+                batch = limit - len(found)
+                names, params = self._bucket_names(start, inclusive, end, batch)
+                cursor.execute(self._sql(
+                    "SELECT g.bucket, " + columns + " FROM (" + names + ") g LEFT JOIN kv_rows r"
+                    " ON r.bucket = g.bucket AND r.k = %s ORDER BY g.bucket"), params + [key])
+                rows = cursor.fetchall()
+                found += [record_of(row[1:]) for row in rows if row[1] is not None]
+                if len(rows) < batch:
+                    break
+                start, inclusive = bytes(rows[-1][0]), False
+        return found
 
     def write(self, request: WriteRequest) -> Tuple[Record, Optional[Record]]:
         """Atomically read-check-write one key (a :class:`WriteRequest`).
