@@ -5,7 +5,9 @@
 
 They answer JSON documents (XML on request); bodies are JSON objects of at
 most ADMIN_BODY_BYTES.  Times are RFC 3339 UTC.  Secrets are shown once: a
-token's when it is made, never a password hash.
+token's when it is made, never a password hash.  With authentication off
+every route here answers 404 ``not_found`` (there is nothing to manage
+and no caller to name).
 """
 
 import datetime
@@ -98,8 +100,8 @@ class Sessions:
     @endpoint(DOCUMENT, takes=JSON_ONLY)
     def POST(self):
         access = web.ctx.access
+        directory = _directory()
         doc = _body({"user": str, "password": str})
-        directory = access.directory
         if not directory.check_password(doc["user"], doc["password"]):
             raise HTTPProblem(401, "invalid_credentials", "the user's credentials are not valid")
         expires = directory.store.clock() + directory.settings.session_seconds * 1_000_000
@@ -117,7 +119,7 @@ class CurrentSession:
 
     @endpoint(EMPTY)
     def DELETE(self):
-        web.ctx.access.directory.revoke_token(web.ctx.access.token.id)
+        _directory().revoke_token(web.ctx.access.token.id)
         return {EMPTY: True}, 204, []
 
 
@@ -130,6 +132,7 @@ class WhoAmI:
 
     @endpoint(DOCUMENT)
     def GET(self):
+        _directory()
         access = web.ctx.access
         caller, token = access.caller, access.token
         principals = ([("app:" + caller.app)] if caller.app else []) + (
