@@ -31,7 +31,7 @@ from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
 from kv.http.negotiation import endpoint, format_override, render_problem, require
 from kv.http.representations import BATCH, DOCUMENT, EMPTY, HEALTH, LISTING, RECORD, record_json
 from kv.http.paging import page_args, paged
-from kv.http.request import (path_bucket_key, public_bucket, query, read_body,
+from kv.http.request import (path_bucket_key, path_parts, public_bucket, query, read_body,
                              read_write_request, request_media_type)
 from kv.records import Condition, check_key
 
@@ -102,7 +102,9 @@ class KeyList:
         access = web.ctx.access
         visible = None
         if access.enabled:
-            def visible(name, _):
+            def visible(name, is_prefix):         # a folder: some key under it may be listable
+                if is_prefix:
+                    return access.may_some("list", bucket.decode(), name)
                 return access.may("list", bucket, name)
         listing = web.ctx.store.list(bucket, q.get("prefix", "").encode("utf-8"),
                                      q.get("delimiter", "").encode("utf-8"),
@@ -234,12 +236,11 @@ def across_target():
 
     :raises InvalidBucket: for a bad app id; InvalidKey for a bad key.
     """
-    path = web.ctx.path
-    app = path[len("/buckets/"):path.index(":*/keys/")].encode("utf-8")
+    selector, key = path_parts()
+    app = selector[:-len(b":*")]
     public_bucket(app)
     if b":" in app:
         raise InvalidRequest("the application id cannot hold ':'")
-    _, key = path_bucket_key()
     return app, check_key(key)
 
 

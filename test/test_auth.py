@@ -271,11 +271,8 @@ class AuthTest(AuthFixture, unittest.TestCase):
                                  None, dan)
             self.assertEqual((response.status, error_code(response)), (400, "bad_request"))
 
-    # Bug (controller.py, KeyList.GET: its visible() checks a common prefix as if it
-    # were a key): with a delimiter, a caller allowed list on shared/readable/# does
-    # not see the folder shared/ that holds the keys it may list, so it cannot walk
-    # down to them; without a delimiter it lists shared/readable/1.
-    @unittest.expectedFailure
+    # With a delimiter, a caller allowed list on shared/readable/# sees the folder
+    # shared/ that holds the keys it may list, so it can walk down to them.
     def test_delimiter_listing_shows_the_folders_of_listable_keys(self):
         ivy = bearer(self.token_for_new_user("ivy"))
         self.rule(effect="allow", principal="user:ivy", verbs=["list"], bucket="dirs",

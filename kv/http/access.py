@@ -147,8 +147,8 @@ def authenticate(directory, header: Optional[str]) -> Access:
         token = directory.token(credentials[0])
         if token is not None:
             return Access(directory, Caller(token.user, token.app, True), token)
-    challenge = (BEARER_CHALLENGE + ', error="invalid_token"' if scheme == "bearer"
-                 else BASIC_CHALLENGE)
+    challenge = {"bearer": BEARER_CHALLENGE + ', error="invalid_token"',
+                 "basic": BASIC_CHALLENGE}.get(scheme, BASIC_CHALLENGE + ", " + BEARER_CHALLENGE)
     raise HTTPProblem(401, "invalid_credentials", "the credentials are not valid",
                       [("WWW-Authenticate", challenge)])
 

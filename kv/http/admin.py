@@ -19,6 +19,7 @@ import web
 from kv.auth.directory import principal_parts
 from kv.auth.rules import VERBS, Caller, check_app_id, check_user_name
 from kv.errors import InvalidRequest, KeyNotFound
+from kv.http.access import BASIC_CHALLENGE
 from kv.http.errors import HTTPProblem
 from kv.http.negotiation import endpoint
 from kv.http.representations import DOCUMENT, EMPTY, timestamp
@@ -103,7 +104,8 @@ class Sessions:
         directory = _directory()
         doc = _body({"user": str, "password": str})
         if not directory.check_password(doc["user"], doc["password"]):
-            raise HTTPProblem(401, "invalid_credentials", "the user's credentials are not valid")
+            raise HTTPProblem(401, "invalid_credentials", "the user's credentials are not valid",
+                              [("WWW-Authenticate", BASIC_CHALLENGE)])
         expires = directory.store.clock() + directory.settings.session_seconds * 1_000_000
         secret, token = directory.create_token(doc["user"], access.caller.app, expires)
         return {DOCUMENT: {"token": secret, "id": token["id"], "expires": timestamp(expires),

@@ -168,6 +168,14 @@ def path_bucket_key() -> Tuple[bytes, bytes]:
     :raises InvalidBucket: for a bad bucket name (400).
     :raises HTTPProblem: 404 for a reserved bucket (``_...``).
     """
+    bucket, key = path_parts()
+    return (DEFAULT_BUCKET if bucket is None else public_bucket(bucket)), key
+
+
+def path_parts() -> Tuple[Optional[bytes], bytes]:
+    """(bucket or None for the /keys routes, key) of the path, each
+    percent-decoded exactly once, neither validated (the bucket part of
+    ``/buckets/notes:*/keys/k`` is ``notes:*``)."""
     path, encoded = _path()
 
     def decode(part: str) -> bytes:
@@ -175,8 +183,8 @@ def path_bucket_key() -> Tuple[bytes, bytes]:
                 else part.encode("latin-1", "replace"))
     if path.startswith("/buckets/"):
         name, _, rest = path[len("/buckets/"):].partition("/keys")
-        return public_bucket(decode(name)), decode(rest[1:])
-    return DEFAULT_BUCKET, decode(path[len("/keys/"):])
+        return decode(name), decode(rest[1:])
+    return None, decode(path[len("/keys/"):])
 
 
 def public_bucket(bucket: bytes) -> bytes:
