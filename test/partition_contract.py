@@ -6,14 +6,14 @@ classes mix it into ``unittest.TestCase`` and implement ``make_partition()``
 with "Test", so nose2 collects only the concrete classes.
 """
 
-import functools
 import threading
 from unittest import mock
 
 import datastore
 from datastore import Condition, Record
 from kv import records
-from kv.storage.partition import NO_OTHERS, NeedOthers, Partition, WriteRequest
+from kv.storage import partition as partition_module
+from kv.storage.partition import NO_OTHERS, NeedOthers, WriteRequest
 
 BUCKET = b"default"
 HOSTILE_KEYS = [b"/", b"%2F", b"a/b/c", b"'; DROP TABLE kv_rows; --", b"\\x00", "ä€😀".encode(),
@@ -217,11 +217,27 @@ class PartitionContract:
         self.assertEqual(scan(b"notes;", True, None, 100), [])
         self.assertEqual(scan(b"b", True, b"dead", 100), [b"b" * 255])
         self.assertEqual(self.partition.scan_buckets(b"", True, None, 1), [b"Z"])
-        portable = functools.partial(Partition._bucket_names, self.partition)
-        with mock.patch.object(self.partition, "_bucket_names", portable):   # SELECT DISTINCT
-            self.assertEqual(scan(b"", True, None, 100), live)
-            self.assertEqual(scan(b"a", False, b"mixed", 2), [b"b" * 255, b"later"])
-            self.assertEqual(scan(b"dead", True, None, 1), [b"later"])
+
+    def test_the_bucket_walk_skips_large_buckets_in_bounded_steps(self):
+        live, _ = self._buckets()
+        for i in range(30):
+            _put_in(self.partition, b"big", b"k%02d" % i, b"%d" % i)
+            _put_in(self.partition, b"notes:0", b"k%02d" % i, b"%d" % i)
+        _put_in(self.partition, b"notes:2", b"key", b"2")
+        _put_in(self.partition, b"notes:2-dead", b"key", deleted=True)
+        live = sorted(live + [b"big"])
+        for steps in (1, 2, 3, 7):
+            with mock.patch.object(partition_module, "WALK_ROWS", steps):
+                self.assertEqual(self.partition.scan_buckets(b"", True, None, 100), live, steps)
+                self.assertEqual(self.partition.scan_buckets(b"b", True, None, 3), live[2:5], steps)
+                across = self.partition.scan_key_across(b"", True, None, b"k05", 100)
+                self.assertEqual([(r.bucket, r.value) for r in across],
+                                 [(b"big", b"5"), (b"notes:0", b"5")], steps)
+                across = self.partition.scan_key_across(b"notes:", True, b"notes;", b"key", 1)
+                self.assertEqual([r.bucket for r in across], [b"notes:2"], steps)
+                across = self.partition.scan_key_across(b"notes:2", False, None, b"key", 5)
+                self.assertEqual([(r.bucket, r.deleted) for r in across],
+                                 [(b"notes:2-dead", True)], steps)
 
     def test_scan_key_across_reads_one_key_in_a_range_of_buckets_with_values(self):
         for bucket, value, kwargs in ((b"app:a", b"1", {}), (b"app:b", b"", {"deleted": True}),
@@ -234,8 +250,8 @@ class PartitionContract:
         _put_in(self.partition, b"app:e", b"ke")
 
         def across(start=b"app:", inclusive=True, limit=100):
-            return [(r.bucket, r.key, r.value, r.deleted)
-                    for r in self.partition.scan_key_across(start, inclusive, b"app;", b"key", limit)]
+            rows = self.partition.scan_key_across(start, inclusive, b"app;", b"key", limit)
+            return [(r.bucket, r.key, r.value, r.deleted) for r in rows]
         everything = [(b"app:a", b"key", b"1", False), (b"app:b", b"key", b"", True),
                       (b"app:c", b"key", b"3", False), (b"app:e", b"key", b"5", False)]
         self.assertEqual(across(), everything)

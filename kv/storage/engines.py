@@ -132,20 +132,6 @@ class MySQLPartition(Partition):
             return b"NULL" if value is None else generic(value)
         return literal
 
-    def _bucket_names(self, start, inclusive, end, limit):
-        """The distinct bucket names by a loose index scan of the primary key
-        ("Using index for group-by": one dive a bucket, whatever its number
-        of rows).  The hint is needed: without persistent statistics MariaDB
-        10.11 chose to read the whole range (0.8 s instead of 11 ms for 100
-        names over 300,000 rows).  test_buckets.py checks the plan."""
-        sql = ("SELECT bucket FROM kv_rows FORCE INDEX FOR GROUP BY (PRIMARY) WHERE bucket "
-               + (">=" if inclusive else ">") + " %s")
-        params = [start]
-        if end is not None:
-            sql += " AND bucket < %s"
-            params.append(end)
-        return sql + " GROUP BY bucket ORDER BY bucket LIMIT %s", params + [limit]
-
     def _release(self, conn, broken):
         if broken and hasattr(conn, "invalidate"):     # a pooled connection
             conn.invalidate()
@@ -222,20 +208,6 @@ class SQLitePartition(Partition):
         if broken:
             self._local.pid = None
             conn.close()
-
-    def _bucket_names(self, start, inclusive, end, limit):
-        """The distinct bucket names by a recursive walk: each step is one
-        search of the primary key for the first bucket after the last one
-        (SQLite reads every row for SELECT DISTINCT without statistics)."""
-        below, bound = (" AND bucket < %s", [end]) if end is not None else ("", [])
-        sql = ("WITH RECURSIVE names (bucket, n) AS ("
-               "SELECT (SELECT bucket FROM kv_rows WHERE bucket " + (">=" if inclusive else ">")
-               + " %s" + below + " ORDER BY bucket LIMIT 1), 1 UNION ALL "
-               "SELECT (SELECT bucket FROM kv_rows WHERE bucket > names.bucket" + below
-               + " ORDER BY bucket LIMIT 1), n + 1 FROM names"
-               " WHERE names.bucket IS NOT NULL AND n < %s)"
-               " SELECT bucket FROM names WHERE bucket IS NOT NULL")
-        return sql, [start] + bound + bound + [limit]
 
     def _classify(self, exc):
         if isinstance(exc, self._sqlite3.IntegrityError):
