@@ -10,6 +10,8 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from kv.cluster.batch import run_batch
+from kv.cluster.buckets import (Aggregate, BucketListing, CrossListing, aggregate, list_buckets,
+                                read_across, show_all)
 from kv.cluster.listing import Listing, list_keys
 from kv.configuration import ConfigurationError, Settings, load_config
 from kv.errors import (InvalidRequest, KeyNotFound, PartitionUnavailable, ValueTooLarge)
@@ -260,6 +262,25 @@ class Datastore:
              visible=None) -> Listing:
         """A page of the bucket's live keys: :func:`kv.cluster.listing.list_keys`."""
         return list_keys(self, bucket, prefix, delimiter, cursor, limit, values, visible)
+
+    # -- buckets and cross-bucket reads ------------------------------------
+    def buckets(self, prefix: bytes = b"", cursor: Optional[str] = None, limit: int = 100,
+                visible: Callable[[bytes], bool] = show_all) -> BucketListing:
+        """A page of the names of the buckets holding a live key:
+        :func:`kv.cluster.buckets.list_buckets`."""
+        return list_buckets(self, prefix, cursor, limit, visible)
+
+    def read_across(self, app: bytes, key: bytes, cursor: Optional[str] = None, limit: int = 100,
+                    visible: Callable[[bytes], bool] = show_all) -> CrossListing:
+        """A page of one key in every bucket of ``app``:
+        :func:`kv.cluster.buckets.read_across`."""
+        return read_across(self, app, key, cursor, limit, visible)
+
+    def aggregate(self, app: bytes, key: bytes, function: str,
+                  visible: Callable[[bytes], bool] = show_all) -> Aggregate:
+        """count, sum, min, max or avg of one key over the buckets of ``app``:
+        :func:`kv.cluster.buckets.aggregate`."""
+        return aggregate(self, app, key, function, visible)
 
     # -- health ----------------------------------------------------------
     def health(self) -> List[Tuple[str, str, Optional[str]]]:
