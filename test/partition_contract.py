@@ -186,58 +186,35 @@ class PartitionContract:
         self.assertEqual([(r.key, r.deleted, r.value, size) for r, size in rows],
                          [(b"dead", True, b"", 0), (b"live", False, b"", 5)])
 
-    def _buckets(self):
-        """Buckets in every state: (live names, every name), in byte order."""
-        _put_in(self.partition, b"a", b"k")
-        _put_in(self.partition, b"Z", b"k")
-        _put_in(self.partition, b"b" * 255, b"k" * 512)                  # the longest names
-        _put_in(self.partition, b"dead", b"k", b"", deleted=True)
-        _put_in(self.partition, b"exp", b"k", expires=self.partition.clock() - 1)
-        _put_in(self.partition, b"later", b"k", expires=self.partition.clock() + 10**9)
-        _put_in(self.partition, b"mixed", b"gone", b"", deleted=True)
-        _put_in(self.partition, b"mixed", b"here")
+    def test_scan_buckets_lists_the_buckets_with_a_live_row_in_byte_order(self):
+        later = self.partition.clock() + 10**9
+        for bucket, key, kwargs in (
+                (b"a", b"k", {}), (b"Z", b"k", {}), (b"b" * 255, b"k" * 512, {}),
+                (b"dead", b"k", {"deleted": True}), (b"exp", b"k", {"expires": 1}),
+                (b"later", b"k", {"expires": later}), (b"mixed", b"gone", {"deleted": True}),
+                (b"mixed", b"here", {})):
+            _put_in(self.partition, bucket, key, **kwargs)
         for i in range(5):
             _put_in(self.partition, b"notes:%d" % i, b"k")
             _put_in(self.partition, b"notes:%d-dead" % i, b"k", deleted=True)
-        live = sorted([b"a", b"Z", b"b" * 255, b"later", b"mixed"]
-                      + [b"notes:%d" % i for i in range(5)])
-        return live, sorted(live + [b"dead", b"exp"] + [b"notes:%d-dead" % i for i in range(5)])
-
-    def test_scan_buckets_lists_the_buckets_with_a_live_row_in_byte_order(self):
-        live, _ = self._buckets()
+        for i in range(30):                                  # larger than some walk steps
+            _put_in(self.partition, b"big", b"k%02d" % i)
+        notes = [b"notes:%d" % i for i in range(5)]
+        live = sorted([b"a", b"Z", b"b" * 255, b"big", b"later", b"mixed"] + notes)
         scan = self.partition.scan_buckets
-        self.assertEqual(scan(b"", True, None, 100), live)
-        self.assertEqual(scan(b"a", True, b"mixed", 100), [b"a", b"b" * 255, b"later"])
-        self.assertEqual(scan(b"a", False, b"mixed", 100), [b"b" * 255, b"later"])
-        self.assertEqual(scan(b"notes:", True, b"notes;", 100), [b"notes:%d" % i for i in range(5)])
-        for limit in (1, 2, 3):     # dead buckets between live ones: the walk goes on past them
-            self.assertEqual(scan(b"notes:", True, b"notes;", limit),
-                             [b"notes:%d" % i for i in range(limit)])
-            self.assertEqual(scan(b"dead", True, None, limit), live[live.index(b"later"):][:limit])
-        self.assertEqual(scan(b"notes;", True, None, 100), [])
-        self.assertEqual(scan(b"b", True, b"dead", 100), [b"b" * 255])
-        self.assertEqual(self.partition.scan_buckets(b"", True, None, 1), [b"Z"])
-
-    def test_the_bucket_walk_skips_large_buckets_in_bounded_steps(self):
-        live, _ = self._buckets()
-        for i in range(30):
-            _put_in(self.partition, b"big", b"k%02d" % i, b"%d" % i)
-            _put_in(self.partition, b"notes:0", b"k%02d" % i, b"%d" % i)
-        _put_in(self.partition, b"notes:2", b"key", b"2")
-        _put_in(self.partition, b"notes:2-dead", b"key", deleted=True)
-        live = sorted(live + [b"big"])
-        for steps in (1, 2, 3, 7):
+        for steps in (1, 3, partition_module.WALK_ROWS):    # rows a step of the walk reads
             with mock.patch.object(partition_module, "WALK_ROWS", steps):
-                self.assertEqual(self.partition.scan_buckets(b"", True, None, 100), live, steps)
-                self.assertEqual(self.partition.scan_buckets(b"b", True, None, 3), live[2:5], steps)
-                across = self.partition.scan_key_across(b"", True, None, b"k05", 100)
-                self.assertEqual([(r.bucket, r.value) for r in across],
-                                 [(b"big", b"5"), (b"notes:0", b"5")], steps)
-                across = self.partition.scan_key_across(b"notes:", True, b"notes;", b"key", 1)
-                self.assertEqual([r.bucket for r in across], [b"notes:2"], steps)
-                across = self.partition.scan_key_across(b"notes:2", False, None, b"key", 5)
-                self.assertEqual([(r.bucket, r.deleted) for r in across],
-                                 [(b"notes:2-dead", True)], steps)
+                self.assertEqual(scan(b"", True, None, 100), live, steps)
+                self.assertEqual(scan(b"a", True, b"mixed", 100),
+                                 [b"a", b"b" * 255, b"big", b"later"])
+                self.assertEqual(scan(b"a", False, b"later", 100), [b"b" * 255, b"big"])
+                self.assertEqual(scan(b"notes:", True, b"notes;", 100), notes)
+                for limit in (1, 2, 3):     # dead buckets between live ones: the walk goes on
+                    self.assertEqual(scan(b"notes:", True, b"notes;", limit), notes[:limit])
+                    self.assertEqual(scan(b"dead", True, None, limit),
+                                     [b"later", b"mixed", notes[0]][:limit])
+                self.assertEqual(scan(b"notes;", True, None, 100), [])
+                self.assertEqual(scan(b"", True, None, 1), [b"Z"])
 
     def test_scan_key_across_reads_one_key_in_a_range_of_buckets_with_values(self):
         for bucket, value, kwargs in ((b"app:a", b"1", {}), (b"app:b", b"", {"deleted": True}),
@@ -245,27 +222,30 @@ class PartitionContract:
                                       (b"apq:x", b"out", {}), (b"ap", b"out", {}),
                                       (b"app;", b"out", {}), (b"app", b"out", {})):
             _put_in(self.partition, bucket, b"key", value, **kwargs)
+        for key in (b"keys", b"ke") + tuple(b"k%02d" % i for i in range(30)):  # larger than a step
+            _put_in(self.partition, b"app:e", key)
         _put_in(self.partition, b"app:d", b"other key")
-        _put_in(self.partition, b"app:e", b"keys")
-        _put_in(self.partition, b"app:e", b"ke")
 
         def across(start=b"app:", inclusive=True, limit=100):
             rows = self.partition.scan_key_across(start, inclusive, b"app;", b"key", limit)
             return [(r.bucket, r.key, r.value, r.deleted) for r in rows]
         everything = [(b"app:a", b"key", b"1", False), (b"app:b", b"key", b"", True),
                       (b"app:c", b"key", b"3", False), (b"app:e", b"key", b"5", False)]
-        self.assertEqual(across(), everything)
-        self.assertEqual(across(b"app:a", False), everything[1:])
-        self.assertEqual(across(b"app:c", True), everything[2:])
-        for limit in (1, 2, 3, 4):          # app:d lacks the key: the walk goes on past it
-            self.assertEqual(across(limit=limit), everything[:limit])
-        self.assertEqual(across(b"app:c", False, 1), everything[3:])
-        expired = self.partition.scan_key_across(b"app:c", True, b"app:d", b"key", 5)
-        self.assertEqual(expired[0].expires_us, 1)
-        self.assertEqual(self.partition.scan_key_across(b"", True, None, b"missing", 5), [])
-        self.assertEqual(
-            [r.bucket for r in self.partition.scan_key_across(b"", True, None, b"key", 100)],
-            [b"ap", b"app", b"app:a", b"app:b", b"app:c", b"app:e", b"app;", b"apq:x"])
+        for steps in (1, 3, partition_module.WALK_ROWS):    # rows a step of the walk reads
+            with mock.patch.object(partition_module, "WALK_ROWS", steps):
+                self.assertEqual(across(), everything, steps)
+                self.assertEqual(across(b"app:a", False), everything[1:])
+                self.assertEqual(across(b"app:c", True), everything[2:])
+                for limit in (1, 2, 3, 4):          # app:d lacks the key: the walk goes on past it
+                    self.assertEqual(across(limit=limit), everything[:limit])
+                self.assertEqual(across(b"app:c", False, 1), everything[3:])
+                self.assertEqual(self.partition.scan_key_across(b"", True, None, b"missing", 5), [])
+                self.assertEqual([r.bucket for r in self.partition.scan_key_across(
+                                     b"", True, None, b"key", 100)],
+                                 [b"ap", b"app", b"app:a", b"app:b", b"app:c", b"app:e", b"app;",
+                                  b"apq:x"])
+        self.assertEqual(self.partition.scan_key_across(b"app:c", True, b"app:d", b"key", 5)[0]
+                         .expires_us, 1)
 
     def test_largest_value_round_trips(self):
         value = bytes(range(256)) * (65536 - 1) + b"x" * 255   # 16 MiB - 1 bytes
