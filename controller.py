@@ -217,11 +217,12 @@ class Across:
             if function not in ("count", "sum", "min", "max", "avg"):
                 raise InvalidRequest("aggregate must be count, sum, min, max or avg")
             result = store.aggregate(app, key, function, readable)
-            headers = ([("X-Partitions-Unavailable", "yes")] if not result.complete else [])
+            headers = ([("X-Partitions-Unavailable", ", ".join(result.unavailable))]
+                       if not result.complete else [])
             value = result.value
-            return {DOCUMENT: {"aggregate": function,
-                               "value": value if value is None or isinstance(value, int)
-                               else float(value),
+            if value is not None and not isinstance(value, int):     # a Decimal
+                value = int(value) if value == value.to_integral_value() else float(value)
+            return {DOCUMENT: {"aggregate": function, "value": value,
                                "count": result.count, "non_numeric": result.non_numeric,
                                "complete": result.complete}}, 200, headers
         limit, cursor = page_args()

@@ -12,6 +12,7 @@ more column of the table.  Renderers are pure functions of the payload value.
 
 import base64
 import functools
+import json
 import re
 import time
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
@@ -218,6 +219,15 @@ def _json_health(report) -> dict:
                            for n, e, reason in report]}
 
 
+def _json_document(document) -> bytes:
+    """A JSON object as compact UTF-8; integers beyond 64 bits (an exact
+    sum) through the standard library, which orjson refuses."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:
+        return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def _json(build):
     """A JSON cell: the document ``build(value)``, as UTF-8 compact bytes
     (orjson: the bytes json.dumps would give)."""
@@ -356,5 +366,5 @@ RENDERERS = _table(
     (BATCH,   _json(_json_batch),      _xml(_xml_batch),      None,          None),
     (HEALTH,  _json(_json_health),     _xml(_xml_health),     _text_health,  _text_health),
     (EMPTY,   _nothing,                _nothing,              _nothing,      _nothing),
-    (DOCUMENT, orjson.dumps,           _xml(_xml_document),   None,          None),
+    (DOCUMENT, _json_document,         _xml(_xml_document),   None,          None),
 )
