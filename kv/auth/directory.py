@@ -34,7 +34,7 @@ from kv.auth.credentials import (hash_password, new_token, same_digest, token_di
                                  verify_password)
 from kv.auth.rules import Rule, RuleSet, check_app_id, check_user_name, parse_rule
 from kv.errors import InvalidRequest, KeyExists, KeyNotFound
-from kv.records import Condition
+from kv.records import MAX_TTL_SECONDS, Condition
 
 log = logging.getLogger("kv.auth")
 
@@ -250,7 +250,8 @@ class Directory:
     def _ttl(self, expires_us: Optional[int]) -> Optional[int]:
         if expires_us is None:
             return None
-        return max(1, -(-(expires_us - self.store.clock()) // 1_000_000))
+        seconds = max(1, -(-(expires_us - self.store.clock()) // 1_000_000))
+        return seconds if seconds <= MAX_TTL_SECONDS else None   # beyond: checked when used
 
     # -- administration ---------------------------------------------------
     def _put(self, key: str, doc: dict, ttl: Optional[int] = None,
