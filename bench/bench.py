@@ -405,6 +405,8 @@ def _report(results, started_all) -> int:
     if "etcd v2 GET" not in by:
         for row in results["rows"]:
             print("%-40s %10.0f /s  p99 %.2f ms" % (row["workload"], row["rate"], row["p99"]))
+        if "service GET, auth on (bearer token)" in by:
+            print(auth_summary(by))
         return 0
     get_ratio = by["service GET uniform"]["rate"] / by["etcd v2 GET"]["rate"]
     put_ratio = by["service PUT"]["rate"] / by["etcd v2 PUT"]["rate"]
