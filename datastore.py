@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from kv.cluster.datastore import DEFAULT_BUCKET, Datastore, open_store
+from kv.cluster.datastore import Datastore, open_store
 from kv.cluster.listing import Listing, decode_cursor, encode_cursor
 from kv.configuration import ConfigurationError, load_config
 from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, KeyNotFound,
@@ -19,7 +19,7 @@ from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, Ke
 from kv.auth.directory import Directory
 from kv.auth.rules import check_user_name
 from kv.placement import placement
-from kv.records import Condition, Record, check_key, now_us, winner_key
+from kv.records import DEFAULT_BUCKET, Condition, Record, check_key, now_us, winner_key
 
 __all__ = [
     "Datastore", "Listing", "open_store", "placement", "check_key", "encode_cursor",

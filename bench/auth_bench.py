@@ -7,9 +7,10 @@ against the auth-off rows of the same run.  The issue's budget: at most
 
 import os
 import subprocess
-import sys
 
 import requests
+
+import dbservers  # noqa: E402  (test helper, on sys.path through bench.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "bench-password"
@@ -20,9 +21,7 @@ def _bootstrap(url, config):
 
     :returns: (the app's bearer header, the user's Basic header).
     """
-    admin = subprocess.run([sys.executable, "datastore.py", "bootstrap-admin", "bench",
-                            "--again", "--config", config], cwd=ROOT, check=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout.decode().strip()
+    admin = dbservers.bootstrap_admin(config, "bench", again=True)
     session = requests.Session()
     session.headers["Authorization"] = "Bearer " + admin
     session.put(url + "/auth/apps/bench", json={"description": "make bench"}).raise_for_status()

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -20,6 +21,7 @@ from kv.storage.engines import MySQLPartition
 PASSWORD = "kv-test-password"
 _ROOT = tempfile.mkdtemp(prefix="kv-mariadb-")
 _RUNNING = []
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _binary(name):
@@ -189,6 +191,22 @@ def write_config(path: str, servers, replicas: int, extra: str = "") -> str:
         f.write("[server]\nmax_value_bytes = 1048576\n\n[cluster]\npartitions = %d\nreplicas = %d\n\n%s%s"
                 % (len(servers), replicas, sections, extra))
     return path
+
+
+def bootstrap_admin(config: str, name: str = "root", again: bool = False) -> str:
+    """Run ``python datastore.py bootstrap-admin NAME`` on ``config`` and
+    return the admin token it prints (the only line of its standard output).
+
+    :raises AssertionError: when it fails or prints anything else.
+    """
+    done = subprocess.run([sys.executable, "datastore.py", "bootstrap-admin", name,
+                           "--config", config] + (["--again"] if again else []),
+                          cwd=_REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=120)
+    lines = done.stdout.decode().splitlines()
+    assert done.returncode == 0 and len(lines) == 1, (done.returncode, done.stdout,
+                                                      done.stderr.decode()[-3000:])
+    return lines[0].strip()
 
 
 @atexit.register

@@ -14,8 +14,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -29,7 +27,6 @@ import dbservers
 from kv.cluster.listing import encode_cursor
 from test_api import pep3333
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFRESH_SECONDS = 1
 AUTH_ON = "[auth]\nenabled = true\nrefresh_seconds = %d\n" % REFRESH_SECONDS
 BOTH_CHALLENGES = 'Basic realm="kv", charset="UTF-8", Bearer realm="kv"'
@@ -93,15 +90,6 @@ def node(config):
     return wsgi, paste.fixture.TestApp(pep3333(wsgi))
 
 
-def bootstrap_admin(config) -> str:
-    done = subprocess.run([sys.executable, "datastore.py", "bootstrap-admin", "root",
-                           "--config", config], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=120)
-    lines = done.stdout.decode().splitlines()
-    assert done.returncode == 0 and len(lines) == 1, (done.returncode, done.stderr[-2000:])
-    return lines[0].strip()
-
-
 class AuthFixture:
     """setUpClass: the shared servers emptied, a configuration with
     authentication on, the first admin from ``bootstrap-admin``, one web
@@ -119,7 +107,7 @@ class AuthFixture:
         cls.config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"), servers,
                                             replicas=2, extra=AUTH_ON)
         cls.addClassCleanup(shutil.rmtree, cls.dir, True)
-        cls.admin = admin = bearer(bootstrap_admin(cls.config))
+        cls.admin = admin = bearer(dbservers.bootstrap_admin(cls.config))
         cls.wsgi, cls.app = node(cls.config)
         cls.addClassCleanup(cls.wsgi.store.close)
         for user, password in (("alice", ALICE_PW), ("bob", BOB_PW)):

@@ -12,19 +12,18 @@ import atexit
 import datetime
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import unittest
 
+import client_service
 import dbservers
 import kvclient
 import test_server
 from kvclient import admin
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KV = os.path.join(os.path.dirname(sys.executable), "kv")
 DATABASE = "kv_auth"
 
@@ -40,7 +39,7 @@ class _Database:
                                                         "database = %s\n" % self.database)
 
 
-class AuthService:
+class AuthService(client_service.Service):
     """One gunicorn service with authentication on, in the database kv_auth
     of the shared MariaDB servers; started by the first test that asks for
     it, stopped when the run exits (before dbservers stops the servers: it
@@ -69,14 +68,7 @@ class AuthService:
             config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"),
                                             [_Database(s, DATABASE) for s in servers],
                                             replicas=2, extra="[auth]\nenabled = true\n")
-            done = subprocess.run([sys.executable, "datastore.py", "bootstrap-admin", "root",
-                                   "--config", config], cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=120,
-                                  env=dict(os.environ, KV_CONFIG=config))
-            lines = done.stdout.decode().splitlines()
-            assert done.returncode == 0 and len(lines) == 1, (done.returncode, done.stdout,
-                                                              done.stderr.decode()[-3000:])
-            cls.admin_token = lines[0].strip()
+            cls.admin_token = dbservers.bootstrap_admin(config)
             port = dbservers.free_port()
             command = [os.path.join(os.path.dirname(sys.executable), "gunicorn"),
                        "--worker-class", "gthread", "--workers", "1", "--threads", "4",
@@ -84,13 +76,6 @@ class AuthService:
             cls.server = test_server.ServedProcess(
                 command + test_server.GunicornServerTest.listen_args(port), config, port)
         return cls.server.url, cls.admin_token
-
-    @classmethod
-    def stop(cls):
-        if cls.server is not None:
-            cls.server.stop()
-            cls.server = None
-            shutil.rmtree(cls.dir, ignore_errors=True)
 
 
 atexit.register(AuthService.stop)

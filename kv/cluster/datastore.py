@@ -23,8 +23,6 @@ from kv.storage.partition import NeedOthers, Partition, WriteRequest
 
 log = logging.getLogger("kv.datastore")
 
-DEFAULT_BUCKET = b"default"
-
 
 class Datastore:
     """The cluster: routes every operation to the partitions of a key's placement.

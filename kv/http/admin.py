@@ -30,11 +30,10 @@ ADMIN_BODY_BYTES = 65536
 JSON_ONLY = ("application/json",)
 
 
-def _body(fields: dict) -> dict:
-    """The request's JSON object, checked against ``fields`` (name -> the
-    accepted types; a name ending in ``?`` is optional).
+def _json_object() -> dict:
+    """The request body as a JSON object (at most ADMIN_BODY_BYTES).
 
-    :raises InvalidRequest: for anything else.
+    :raises InvalidRequest: when it is not one.
     """
     try:
         doc = json.loads(read_body(ADMIN_BODY_BYTES))
@@ -42,6 +41,16 @@ def _body(fields: dict) -> dict:
         raise InvalidRequest("the body is not a JSON object") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("the body is not a JSON object")
+    return doc
+
+
+def _body(fields: dict) -> dict:
+    """The request's JSON object, checked against ``fields`` (name -> the
+    accepted types; a name ending in ``?`` is optional).
+
+    :raises InvalidRequest: for anything else.
+    """
+    doc = _json_object()
     names = {name.rstrip("?") for name in fields}
     unknown = sorted(set(doc) - names)
     if unknown:
@@ -235,13 +244,7 @@ class Rules:
 
     @endpoint(DOCUMENT, takes=JSON_ONLY)
     def POST(self):
-        try:
-            doc = json.loads(read_body(ADMIN_BODY_BYTES))
-        except ValueError:
-            raise InvalidRequest("the body is not a JSON object") from None
-        if not isinstance(doc, dict):
-            raise InvalidRequest("the body is not a JSON object")
-        rule = _directory().add_rule(doc)
+        rule = _directory().add_rule(_json_object())
         return {DOCUMENT: rule.doc()}, 201, [("Location", "/auth/rules/" + rule.id)]
 
     @endpoint(DOCUMENT)
