@@ -24,6 +24,9 @@ from datastore import Datastore, open_store
 from kv.auth.directory import Directory
 from kv.errors import InvalidRequest
 from kv.http import admin
+from kv.http.monitoring import Metrics
+from kv.http.openapi import OpenAPIDocument
+from kv.http.pages import Home
 from kv.http.access import OPEN, authenticate
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
 from kv.http.conditional import not_modified, record_headers, write_condition
@@ -278,7 +281,8 @@ class Unknown:
 URLS = ("/keys/((?s:.*))", KeyResource, "/keys", KeyList,
         r"/buckets/([^/]*):\*/keys/((?s:.*))", Across,
         "/buckets/([^/]*)/keys/((?s:.*))", KeyResource, "/buckets/([^/]*)/keys", KeyList,
-        "/buckets", BucketList, "/batch", Batch, "/health", Health) + admin.URLS + (
+        "/buckets", BucketList, "/batch", Batch, "/health", Health, "/metrics", Metrics,
+        "/openapi.json", OpenAPIDocument, "/", Home) + admin.URLS + (
         "/((?s:.*))", Unknown)
 _ROUTES = [(re.compile("^%s$" % URLS[i]), URLS[i + 1]) for i in range(0, len(URLS), 2)]
 

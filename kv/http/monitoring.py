@@ -1,0 +1,16 @@
+"""This module provides GET /metrics (API.md "Metrics").  (Being built: answers 404 meanwhile.)"""
+
+from kv.http.errors import HTTPProblem
+from kv.http.negotiation import endpoint
+
+
+class Metrics:
+    """Placeholder route: 404 until the route is built."""
+
+    @staticmethod
+    def guard(access, method):
+        pass
+
+    @endpoint()
+    def GET(self, *_):
+        raise HTTPProblem(404, "not_found", "not built yet")
