@@ -23,15 +23,15 @@ import web
 from datastore import Datastore, open_store
 from kv.auth.directory import Directory
 from kv.errors import InvalidRequest
-from kv.http import admin
+from kv.http import admin, devserver
 from kv.http.monitoring import Metrics
 from kv.http.openapi import OpenAPIDocument
 from kv.http.pages import Home
 from kv.http.access import OPEN, authenticate
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
-from kv.http.conditional import not_modified, record_headers, write_condition
+from kv.http.conditional import check_read_condition, not_modified, record_headers, write_condition
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
-from kv.http.negotiation import endpoint, format_override, render_problem, require
+from kv.http.negotiation import check_accept, endpoint, format_override, render_problem, require
 from kv.http.representations import BATCH, DOCUMENT, EMPTY, HEALTH, LISTING, RECORD, record_json
 from kv.http.paging import page_args, paged
 from kv.http.request import (path_bucket_key, path_parts, public_bucket, query, read_body,
@@ -57,6 +57,8 @@ def record_response(record, partition, status):
 class KeyResource:
     """/keys/{key} and /buckets/{bucket}/keys/{key}: GET, HEAD, PUT, DELETE of one key."""
 
+    PARAMETERS = {"GET": (), "PUT": ("ttl",), "DELETE": ()}
+
     @staticmethod
     def guard(access, method):
         bucket, key = path_bucket_key()
@@ -65,6 +67,7 @@ class KeyResource:
     @endpoint(RECORD)
     def GET(self, *_):
         record, partition = web.ctx.store.get(*path_bucket_key())
+        check_read_condition(record)
         if not_modified(record):
             return {EMPTY: True}, 304, record_headers(record, partition)
         return record_response(record, partition, 200)
@@ -87,6 +90,9 @@ class KeyResource:
 
 class KeyList:
     """/keys and /buckets/{bucket}/keys: GET, HEAD (listing) and POST (create a new key)."""
+
+    PARAMETERS = {"GET": ("prefix", "delimiter", "limit", "cursor", "values"),
+                  "POST": ("key", "ttl")}
 
     @staticmethod
     def guard(access, method):
@@ -136,6 +142,8 @@ class Batch:
     """/batch: POST many reads and writes in one request, each op in its own
     bucket (``default`` unless it names one) and with its own permission."""
 
+    PARAMETERS = {"POST": ()}
+
     @staticmethod
     def guard(access, _):
         if not access.caller.authenticated:    # anonymous: only where ``anyone`` may act
@@ -183,6 +191,8 @@ def op_result(op, result):
 class BucketList:
     """/buckets: GET the buckets holding a live key that the caller may list in."""
 
+    PARAMETERS = {"GET": ("prefix", "limit", "cursor")}
+
     @staticmethod
     def guard(access, _):
         access.require_some("list", "*", b"")
@@ -201,6 +211,8 @@ class BucketList:
 class Across:
     """/buckets/{app}:*/keys/{key}: GET one key in every bucket of an app
     (``?aggregate=`` count, sum, min, max or avg answers one figure)."""
+
+    PARAMETERS = {"GET": ("aggregate", "limit", "cursor")}
 
     @staticmethod
     def guard(access, _):
@@ -252,6 +264,8 @@ class Health:
     """/health: 200 when every partition answers, else 503.  With
     authentication on, the body says only ok or degraded (API.md)."""
 
+    PARAMETERS = {"GET": ()}
+
     @endpoint(HEALTH)
     def GET(self):
         report = web.ctx.store.health()
@@ -288,24 +302,59 @@ _ROUTES = [(re.compile("^%s$" % URLS[i]), URLS[i + 1]) for i in range(0, len(URL
 
 
 def _admin_only(access, _):
+    """The guard of a route class without one: ``admin`` (default deny).
+    A route's ``guard(access, method)`` runs before its handler and before
+    any storage is read."""
     access.require_admin()
 
 
-def _guard(path: str):
-    """The authorization of the route of ``path``: the route class's
-    ``guard(access, method)``, run before the handler and before any
-    storage is read; a route without one needs ``admin`` (default deny)."""
+def _route(path: str):
+    """The route class of ``path`` (the first pattern of URLS that matches it)."""
     for pattern, route in _ROUTES:
         if pattern.match(path):
-            return getattr(route, "guard", _admin_only)
-    return _admin_only
+            return route
+    return Unknown
+
+
+def _check_parameters(route, method: str) -> None:
+    """Refuse a query parameter that the route does not define (API.md
+    "Resources": a mistyped ``prefix`` must not list everything).
+
+    Each route class declares ``PARAMETERS``: method -> the names its query
+    may hold (``format`` is defined everywhere; HEAD takes GET's).  A method
+    the class does not declare is left to its 404 or 405.
+
+    :raises HTTPProblem: 400 ``unknown_parameter`` naming the first unknown one.
+    """
+    names = getattr(route, "PARAMETERS", {}).get("GET" if method == "HEAD" else method)
+    if names is None:
+        return
+    for name in query():
+        if name != "format" and name not in names:
+            raise HTTPProblem(400, "unknown_parameter", "unknown query parameter %r%s" % (
+                name, "; this route takes %s" % ", ".join(names) if names else
+                "; this route takes none"))
+
+
+def _no_method(route, method: str) -> HTTPProblem:
+    """The answer to a method the route does not serve: 405 with ``Allow``
+    (the methods of its ``PARAMETERS``, HEAD with GET), or 404 on an unknown
+    path, whatever the method (API.md "Resources")."""
+    methods = list(getattr(route, "PARAMETERS", ()))
+    if route is Unknown or not methods:
+        return HTTPProblem(404, "not_found", "no resource at %s" % web.ctx.path)
+    if "GET" in methods:
+        methods.insert(methods.index("GET") + 1, "HEAD")
+    return HTTPProblem(405, "method_not_allowed", "%s is not allowed here" % method,
+                       [("Allow", ", ".join(methods))])
 
 
 def _processor(store, directory):
     """Per request: attach the store, validate ?format=, authenticate the
     caller and run the route's guard (kv.http.access; with authentication
-    off, everything is allowed), turn web.py's own errors (405 from a
-    missing method) into negotiated bodies, set Content-Length and drop the
+    off, everything is allowed), refuse unknown query parameters and
+    malformed Accept headers, answer a method the route lacks (405, or 404
+    on an unknown path), set Content-Length and drop the
     body of HEAD, 204 and 304 responses."""
     def process(handler):
         ctx = web.ctx
@@ -314,20 +363,17 @@ def _processor(store, directory):
         ctx.kv_auth = directory is not None
         try:
             ctx.kv_format = format_override(query().get("format"))
+            if ctx.kv_format is None:
+                check_accept(ctx.env.get("HTTP_ACCEPT"))
+            route = _route(ctx.path)
+            _check_parameters(route, ctx.method)
             if directory is not None and ctx.path != "/health":
                 ctx.access = authenticate(directory, ctx.env.get("HTTP_AUTHORIZATION"))
-                _guard(ctx.path)(ctx.access, ctx.method)
+                getattr(route, "guard", _admin_only)(ctx.access, ctx.method)
             body = handler()
-        except web.HTTPError:
-            allow = [v for k, v in ctx.headers if k.lower() == "allow"]
-            if allow and "GET" in allow[0].split(", "):   # web.py omits the implied HEAD
-                allow = [allow[0].replace("GET", "GET, HEAD", 1)]
-            status = int(ctx.status.split()[0])
+        except web.HTTPError:                # web.py's 405: the class lacks the method
             ctx.headers = []
-            body = render_problem(HTTPProblem(
-                status, "method_not_allowed" if status == 405 else "not_found",
-                "%s is not allowed here" % ctx.method if status == 405 else "not found",
-                [("Allow", allow[0])] if allow else []))
+            body = render_problem(_no_method(route, ctx.method))
         except CLIENT_ERRORS as e:           # raised before a handler ran
             ctx.kv_format = None
             ctx.headers = []
@@ -384,7 +430,12 @@ def create_application(config_path=None, store=None):
 
 
 def main(argv=None) -> int:
-    """``python controller.py [HOST:]PORT``: serve with web.py's server (cheroot)."""
+    """``python controller.py [HOST:]PORT``: serve with web.py's server
+    (cheroot, :mod:`kv.http.devserver`).
+
+    :returns: the exit status (2 for bad arguments or configuration, 1 for a
+        port that cannot be bound).
+    """
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     listen = argv[0] if argv else "8080"
@@ -395,14 +446,9 @@ def main(argv=None) -> int:
     store = open_store(None)
     if store is None:
         return 2
-    server = web.httpserver.WSGIServer((host or "0.0.0.0", int(port)),
-                                       create_application(store=store))
-    log.info("serving on http://%s:%s/", host or "0.0.0.0", port)
-    try:
-        server.start()
-    except KeyboardInterrupt:
-        server.stop()
-    return 0
+    status = devserver.serve(create_application(store=store), host or "0.0.0.0", int(port))
+    store.close()
+    return status
 
 
 if __name__ == "__main__":

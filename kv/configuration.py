@@ -2,7 +2,8 @@
 ``configuration.cfg`` (or the file named by ``$KV_CONFIG``) into frozen objects.
 
 Every problem is one :class:`ConfigurationError` naming the section and
-option, raised at start-up, so a bad file never half-starts a node.  Defaults
+option, raised at start-up, so a bad file never half-starts a node; an
+unknown section or option is one too (a typo must not pass silently).  Defaults
 live in :data:`DEFAULTS` with their units; passwords never appear in ``repr``.
 """
 
@@ -12,7 +13,7 @@ import os
 from typing import Optional, Tuple
 
 __all__ = ["ConfigurationError", "Settings", "PartitionSettings", "SyncSettings",
-           "load_config", "DEFAULTS", "default_path"]
+           "MetricsSettings", "load_config", "DEFAULTS", "default_path"]
 
 MAX_VALUE_BYTES_LIMIT = 16 * 1024 * 1024 - 1   # MEDIUMBLOB
 ENGINES = ("mysql", "sqlite")
@@ -74,6 +75,22 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """The ``[metrics]`` section (API.md "Metrics"; README "Monitoring"):
+    ``enabled`` (GET /metrics and the counting behind it; on by default),
+    ``public`` (with authentication on, /metrics needs no credentials;
+    otherwise it needs ``read`` on the scope ``_metrics``), ``directory``
+    (where ``python -m kv.serve`` keeps the worker processes' metric files;
+    relative to the configuration file; emptied of ``*.db`` at start) and
+    ``access_log`` (``-``: standard error, ``off``, or a file, relative to
+    the configuration file)."""
+    enabled: bool = True
+    public: bool = False
+    directory: str = "data/metrics"
+    access_log: str = "-"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The whole configuration.
 
@@ -87,6 +104,7 @@ class Settings:
     partitions: Tuple[PartitionSettings, ...]
     sync: SyncSettings
     auth: AuthSettings = AuthSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 def _defaults(cls) -> dict:
@@ -102,7 +120,39 @@ DEFAULTS = {
     "partition": _defaults(PartitionSettings),
     "sync": _defaults(SyncSettings),
     "auth": _defaults(AuthSettings),
+    "metrics": _defaults(MetricsSettings),
 }
+
+
+#: The options each partition engine reads; any other is a typo (start-up fails).
+ENGINE_OPTIONS = {
+    "sqlite": ("engine", "path", "connect_timeout_seconds", "read_timeout_seconds",
+               "write_timeout_seconds", "retry_interval_seconds"),
+    "mysql": ("engine", "host", "port", "user", "password", "database", "pool_size",
+              "connect_timeout_seconds", "read_timeout_seconds", "write_timeout_seconds",
+              "retry_interval_seconds"),
+}
+
+
+def _check_names(parser) -> None:
+    """Refuse a section or option this file format does not define, so that
+    a typo (``max_value_byte``) stops start-up instead of passing silently.
+
+    :raises ConfigurationError: naming the first unknown section or option.
+    """
+    for section in parser.sections():
+        if section.startswith("partition-"):
+            engine = parser.get(section, "engine", fallback="").strip()
+            known = ENGINE_OPTIONS.get(engine, ENGINE_OPTIONS["mysql"])
+        elif section in DEFAULTS:
+            known = tuple(DEFAULTS[section]) + (("partitions",) if section == "cluster" else ())
+        else:
+            raise ConfigurationError(section, None, "unknown section (known: %s, partition-N)"
+                                     % ", ".join(DEFAULTS))
+        for option in parser.options(section):
+            if option not in known:
+                raise ConfigurationError(section, option, "unknown option (known: %s)"
+                                         % ", ".join(known))
 
 
 def default_path() -> str:
@@ -133,7 +183,7 @@ def load_config(path: Optional[str] = None) -> Settings:
     :returns: :class:`Settings`.
     :raises ConfigurationError: naming the first bad section/option (missing
         section, partition count mismatch, replicas > partitions, unknown engine,
-        bad number, unreadable file).
+        unknown section or option, bad number, unreadable file).
     """
     path = path or default_path()
     parser = configparser.ConfigParser(interpolation=None)
@@ -148,6 +198,7 @@ def load_config(path: Optional[str] = None) -> Settings:
     for section in ("server", "cluster"):
         if not parser.has_section(section):
             raise ConfigurationError(section, None, "section is missing")
+    _check_names(parser)
     server = DEFAULTS["server"]
     max_value = _integer(parser, "server", "max_value_bytes", server["max_value_bytes"],
                          1, MAX_VALUE_BYTES_LIMIT)
@@ -185,7 +236,29 @@ def load_config(path: Optional[str] = None) -> Settings:
         session_seconds=_integer(parser, "auth", "session_seconds", a["session_seconds"],
                                  60, 365 * 86400),
         refresh_seconds=_integer(parser, "auth", "refresh_seconds", a["refresh_seconds"], 1, 30))
-    return Settings(os.path.abspath(path), max_value, max_batch, replicas, partitions, sync, auth)
+    return Settings(os.path.abspath(path), max_value, max_batch, replicas, partitions, sync, auth,
+                    _metrics(parser, os.path.dirname(os.path.abspath(path))))
+
+
+def _metrics(parser, base: str) -> MetricsSettings:
+    """The ``[metrics]`` section; paths made absolute against ``base`` (the
+    configuration file's directory); ``access_log`` keeps ``-`` and ``off``."""
+    d = DEFAULTS["metrics"]
+    flags = {}
+    for option in ("enabled", "public"):
+        try:
+            flags[option] = parser.getboolean("metrics", option, fallback=d[option])
+        except ValueError:
+            raise ConfigurationError("metrics", option, "must be true or false") from None
+    paths = {}
+    for option in ("directory", "access_log"):
+        value = parser.get("metrics", option, fallback=d[option]).strip()
+        if not value:
+            raise ConfigurationError("metrics", option, "is empty")
+        paths[option] = value if value in ("-", "off") else os.path.join(base, value)
+    if paths["directory"] in ("-", "off"):
+        raise ConfigurationError("metrics", "directory", "must be a directory path")
+    return MetricsSettings(**flags, **paths)
 
 
 def _partition(parser, name, base) -> PartitionSettings:

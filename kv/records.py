@@ -127,11 +127,15 @@ class Condition(NamedTuple):
     ``if_match`` / ``if_none_match``: None, ``"*"`` or a tuple of entity tags as
     sent (``'"abc"'``, ``'W/"abc"'``).  If-Match compares strongly, If-None-Match
     weakly (RFC 9110 section 8.8.3.2).  ``create_only`` makes a live key a
-    :class:`KeyExists` (POST /keys).
+    :class:`KeyExists` (POST /keys).  ``unmodified_since`` (Unix seconds, from
+    If-Unmodified-Since; ignored when ``if_match`` is given, RFC 9110 section
+    13.1.4) fails when the key was modified after that second, and when it
+    does not exist (nothing can show it unmodified: a delete is a change).
     """
     if_match: object = None
     if_none_match: object = None
     create_only: bool = False
+    unmodified_since: Optional[int] = None
 
     def check(self, current: Optional[Record], now: int) -> Optional[Record]:
         """Evaluate against ``current`` (newest copy, possibly dead).
@@ -146,6 +150,11 @@ class Condition(NamedTuple):
                 raise PreconditionFailed("If-Match: the key does not exist")
             if self.if_match != "*" and live.etag not in self.if_match:
                 raise PreconditionFailed("If-Match: the current ETag is %s" % live.etag)
+        elif self.unmodified_since is not None:
+            if live is None:
+                raise PreconditionFailed("If-Unmodified-Since: the key does not exist")
+            if live.modified_us // 1_000_000 > self.unmodified_since:
+                raise PreconditionFailed("If-Unmodified-Since: the key was modified later")
         if self.if_none_match is not None and live is not None:
             if self.if_none_match == "*":
                 raise PreconditionFailed("If-None-Match: the key exists")

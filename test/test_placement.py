@@ -95,6 +95,11 @@ class ConfigurationTest(unittest.TestCase):
             (self.GOOD.replace("path = a.db", ""), "partition-1", "path"),
             (self.GOOD + "port = 0\n", "partition-2", "port"),
             (self.GOOD.replace("partitions = 2\n", ""), "cluster", "partitions"),
+            # typos stop start-up instead of passing silently
+            (self.GOOD.replace("max_value_bytes", "max_value_byte"), "server", "max_value_byte"),
+            (self.GOOD + "[metric]\npublic = true\n", "metric", None),
+            (self.GOOD.replace("path = a.db", "path = a.db\nhost = db1"), "partition-1", "host"),
+            (self.GOOD + "pool_sise = 4\n", "partition-2", "pool_sise"),
         ]
         for text, section, option in cases:
             with self.assertRaises(ConfigurationError) as caught:

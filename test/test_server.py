@@ -137,6 +137,16 @@ class ServerTest(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 413"), answer[:200])
         self.assertEqual(self.http.get(self.url + "/keys/huge").status_code, 404)
 
+    def test_two_different_content_lengths_are_400(self):
+        """RFC 9112 section 6.3: a request-smuggling risk behind a proxy."""
+        for framing in (b"Content-Length: 3\r\nContent-Length: 5\r\n",
+                        b"Content-Length: 3, 5\r\n"):
+            answer = raw_request(self.server.port,
+                                 b"PUT /keys/smuggled HTTP/1.1\r\nHost: t\r\n"
+                                 b"Content-Type: text/plain\r\n" + framing + b"\r\nabcde")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400"), answer[:200])
+        self.assertEqual(self.http.get(self.url + "/keys/smuggled").status_code, 404)
+
     def test_head_has_headers_and_no_body(self):
         self.http.put(self.url + "/keys/h", data=b"hello")
         connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
@@ -215,3 +225,26 @@ class GranianServerTest(ServerTest):
 
     def test_start_up_log_names_partitions_and_hides_passwords(self):
         self.assertNotIn(dbservers.PASSWORD, self.server.output())
+
+
+class DevelopmentServerStartTest(unittest.TestCase):
+    """``python controller.py PORT`` on a busy port: one clear line, no traceback."""
+
+    def test_a_busy_port_says_so_in_one_line(self):
+        directory = tempfile.mkdtemp(prefix="kv-busy-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        config = os.path.join(directory, "c.cfg")
+        with open(config, "w") as f:
+            f.write("[server]\n[cluster]\npartitions = 1\n"
+                    "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            done = subprocess.run([sys.executable, "controller.py", "127.0.0.1:%d" % port],
+                                  cwd=ROOT, env=dict(os.environ, KV_CONFIG=config),
+                                  capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 1, done.stderr)
+        self.assertNotIn("Traceback", done.stderr)
+        self.assertNotIn("serving on", done.stderr)
+        self.assertRegex(done.stderr, r"cannot listen on 127\.0\.0\.1:%d: .*in use" % port)

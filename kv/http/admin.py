@@ -103,6 +103,8 @@ def _directory():
 class Sessions:
     """POST /sessions: an app (its own token) starts a session for a user."""
 
+    PARAMETERS = {"POST": ()}
+
     @staticmethod
     def guard(access, _):
         access.require_caller(app=True)
@@ -124,6 +126,8 @@ class Sessions:
 class CurrentSession:
     """DELETE /sessions/current: the session's own token revokes itself."""
 
+    PARAMETERS = {"DELETE": ()}
+
     @staticmethod
     def guard(access, _):
         access.require_caller(session=True)
@@ -136,6 +140,8 @@ class CurrentSession:
 
 class WhoAmI:
     """GET /auth/whoami: the caller's principals."""
+
+    PARAMETERS = {"GET": ()}
 
     @staticmethod
     def guard(access, _):
@@ -160,6 +166,8 @@ class WhoAmI:
 
 class Member:
     """/auth/users/{name} and /auth/apps/{id}: PUT, GET, DELETE."""
+
+    PARAMETERS = {"GET": (), "PUT": (), "DELETE": ()}
 
     @endpoint(DOCUMENT)
     def GET(self, kind, name):
@@ -201,6 +209,8 @@ class Member:
 class Members:
     """/auth/users and /auth/apps: GET the names, paged."""
 
+    PARAMETERS = {"GET": ("limit", "cursor")}
+
     @endpoint(DOCUMENT)
     def GET(self, kind):
         limit, cursor = page_args()
@@ -211,6 +221,8 @@ class Members:
 
 class Tokens:
     """/auth/tokens: POST issues a token (its secret shown this once); GET lists them."""
+
+    PARAMETERS = {"POST": (), "GET": ("principal", "limit", "cursor")}
 
     @endpoint(DOCUMENT, takes=JSON_ONLY)
     def POST(self):
@@ -232,6 +244,8 @@ class Tokens:
 class TokenResource:
     """/auth/tokens/{id}: DELETE revokes."""
 
+    PARAMETERS = {"DELETE": ()}
+
     @endpoint(EMPTY)
     def DELETE(self, id_):
         _directory().revoke_token(id_)
@@ -241,6 +255,8 @@ class TokenResource:
 class Rules:
     """/auth/rules: POST a new rule (201 with its id); GET them, paged and
     filtered by ``principal`` and ``bucket`` (exact selector)."""
+
+    PARAMETERS = {"POST": (), "GET": ("principal", "bucket", "limit", "cursor")}
 
     @endpoint(DOCUMENT, takes=JSON_ONLY)
     def POST(self):
@@ -260,6 +276,8 @@ class Rules:
 class RuleResource:
     """/auth/rules/{id}: GET, DELETE."""
 
+    PARAMETERS = {"GET": (), "DELETE": ()}
+
     @endpoint(DOCUMENT)
     def GET(self, id_):
         return {DOCUMENT: _directory().rule(id_).doc()}, 200, []
@@ -274,6 +292,8 @@ class Check:
     """GET /auth/check?principal=&app=&verb=&bucket=&key=: the decision and
     the rule that made it; a user principal with ``app`` is that app's
     session of that user (both halves)."""
+
+    PARAMETERS = {"GET": ("principal", "app", "verb", "bucket", "key")}
 
     @endpoint(DOCUMENT)
     def GET(self):

@@ -11,6 +11,7 @@ from the table (:func:`require`): a handler declares the kind it answers
 """
 
 import functools
+import re
 from typing import Optional, Tuple
 
 import mimerender
@@ -43,6 +44,12 @@ class _MimeRender(mimerender.WebPyMimeRender):
     def _get_request_parameter(self, key, default=None):
         return web.ctx.get("kv_format") or default
 
+    def _get_accept_header(self, default=None):
+        header = web.ctx.env.get("HTTP_ACCEPT")
+        if header is None:
+            return default
+        return _accept_ranges(header) or default   # malformed: the default (its 400 says so)
+
     def _make_response(self, content, headers, status):
         # web.header() re-validates every value; ours are built from ASCII
         # (ETags, dates, percent-encoded keys) and hold no line breaks.
@@ -51,10 +58,41 @@ class _MimeRender(mimerender.WebPyMimeRender):
         return content
 
 
+_QUALITY = re.compile(r"q=(0(\.[0-9]{0,3})?|1(\.0{0,3})?)")
+
+
+@functools.lru_cache(maxsize=512)
+def _accept_ranges(header: str) -> Optional[str]:
+    """``header`` lower-cased (media types and parameters are
+    case-insensitive, RFC 9110 section 8.3.1), or None when it is not a
+    list of media ranges with valid weights (section 12.5.1)."""
+    lowered = header.lower()
+    for element in lowered.split(","):
+        if not element.strip():                   # empty list elements are allowed
+            continue
+        media, *params = [part.strip() for part in element.split(";")]
+        kind, slash, sub = media.partition("/")
+        if not (kind and slash and sub) or any(c in media for c in " \t\""):
+            return None
+        if any(p.startswith("q=") and not _QUALITY.fullmatch(p) for p in params):
+            return None
+    return lowered
+
+
+def check_accept(header: Optional[str]) -> None:
+    """Refuse a malformed ``Accept`` header before any work.
+
+    :raises HTTPProblem: 400 ``bad_accept``, in the default format.
+    """
+    if header is not None and _accept_ranges(header) is None:
+        raise HTTPProblem(400, "bad_accept", "the Accept header is not a list of media ranges "
+                          "(type/subtype;q=0.5, ...): %r" % header[:200])
+
+
 def _not_acceptable(accept, supported):
-    return "text/plain; charset=utf-8", (
-        "406 Not Acceptable: no representation matches Accept: %s\nsupported: %s\n"
-        % (accept, SUPPORTED_TYPES))
+    return "application/json", render(DEFAULT_FORMAT, error=(
+        406, "not_acceptable", "no representation matches Accept: %s; supported: %s"
+        % (accept[:200], SUPPORTED_TYPES)))
 
 
 # One renderer per format, given in FORMATS order: mimerender ranks the

@@ -237,7 +237,12 @@ def _json(build):
 # -- XML --------------------------------------------------------------------
 
 def _x(text: str) -> str:
-    return escape(text).replace("\r", "&#13;")
+    """``text`` escaped for XML character data; a character XML 1.0 cannot
+    carry (a control character of an error message) becomes ``\\xNN``."""
+    text = escape(text).replace("\r", "&#13;")
+    if _NOT_XML.search(text):
+        text = _NOT_XML.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return text
 
 
 def _xml_text(tag, value, for_value=True) -> str:

@@ -1,0 +1,194 @@
+"""The HTTP edge of issue 13 through the WSGI application in-process
+(paste's TestApp), on SQLite partitions and on three real MariaDB servers:
+unknown query parameters, Accept header case and syntax, If-Match on reads,
+If-Unmodified-Since (RFC 9110 sections 13.1.1, 13.1.4 and 13.2.2), methods
+on unknown and known paths, and bodies that must be refused whole."""
+
+import json
+import os
+import shutil
+import tempfile
+import unittest
+from xml.etree import ElementTree
+
+import paste.fixture
+
+import controller
+import dbservers
+
+TEXT = {"Content-Type": "text/plain"}
+LONG_AGO = "Sat, 01 Jan 2000 00:00:00 GMT"
+FAR_AHEAD = "Fri, 01 Jan 2100 00:00:00 GMT"
+
+
+class EdgeContract:
+    def write_config(self, path):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kv-edge-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.wsgi = controller.create_application(self.write_config(os.path.join(self.dir, "c.cfg")))
+        self.addCleanup(self.wsgi.store.close)
+        self.app = paste.fixture.TestApp(self.wsgi)
+
+    def req(self, method, path, body=b"", headers=None, status=None):
+        response = self.app._gen_request(method, path, params=body, headers=headers or {},
+                                         status="*", expect_errors=True)
+        if status is not None:
+            self.assertEqual(response.status, status, response.body[:300])
+        return response
+
+    def error(self, response, status, code):
+        self.assertEqual(response.status, status, response.body[:300])
+        self.assertTrue(response.header("Content-Type").startswith("application/json"))
+        error = json.loads(response.body)["error"]
+        self.assertEqual((error["status"], error["code"]), (status, code))
+        return error["message"]
+
+    def value(self, key):
+        response = self.req("GET", "/keys/" + key, headers={"Accept": "application/octet-stream"})
+        return response.body if response.status == 200 else None
+
+    # -- query parameters ---------------------------------------------------
+    def test_an_unknown_query_parameter_is_400_and_lists_nothing(self):
+        self.req("PUT", "/keys/a", b"1", TEXT, status=201)
+        message = self.error(self.req("GET", "/keys?prefx=zzz"), 400, "unknown_parameter")
+        self.assertIn("prefx", message)
+        self.assertIn("prefix", message)              # says what the route takes
+        for path in ("/keys/a?ttl=5", "/health?verbose=1", "/buckets?values=true",
+                     "/buckets/b/keys?limt=5", "/buckets/notes:*/keys/k?aggregate=sum&x=1"):
+            self.error(self.req("GET", path), 400, "unknown_parameter")
+        self.error(self.req("PUT", "/keys/a?tll=5", b"2", TEXT), 400, "unknown_parameter")
+        self.assertEqual(self.value("a"), b"1")       # refused before the write
+        self.error(self.req("POST", "/batch?dry_run=1", b'{"ops": []}',
+                            {"Content-Type": "application/json"}), 400, "unknown_parameter")
+        # the parameters a route defines, and format everywhere, are accepted
+        self.req("GET", "/keys?prefix=a&delimiter=/&limit=5&values=true&format=json", status=200)
+        self.req("PUT", "/keys/a?ttl=60&format=xml", b"3", TEXT, status=200)
+        self.req("GET", "/keys/a?format=text", status=200)
+        self.req("HEAD", "/keys/a?format=json", status=200)
+
+    # -- Accept ---------------------------------------------------------------
+    def test_media_types_in_accept_are_case_insensitive(self):
+        self.req("PUT", "/keys/a", b"hello", TEXT, status=201)
+        xml = self.req("GET", "/keys/a", headers={"Accept": "APPLICATION/XML"}, status=200)
+        self.assertTrue(xml.header("Content-Type").startswith("application/xml"))
+        self.assertEqual(ElementTree.fromstring(xml.body).findtext("value"), "hello")
+        text = self.req("GET", "/keys/a", headers={"Accept": "Text/Plain;Q=0.9, */*;q=0.1"})
+        self.assertEqual((text.status, text.body), (200, b"hello"))
+
+    def test_a_malformed_accept_gets_the_api_error_format(self):
+        for accept in ("foo", "text/html;q=x", "text/", "text/plain;q=1.5"):
+            message = self.error(self.req("GET", "/keys/a", headers={"Accept": accept}),
+                                 400, "bad_accept")
+            self.assertIn("Accept", message)
+        # an Accept nothing satisfies: 406, in the API's error format, naming the types
+        message = self.error(self.req("GET", "/keys/a", headers={"Accept": "image/png"}),
+                             406, "not_acceptable")
+        self.assertIn("application/xml", message)
+        # ?format= overrides Accept, so a malformed Accept is then irrelevant
+        self.req("PUT", "/keys/a", b"v", TEXT, status=201)
+        self.req("GET", "/keys/a?format=json", headers={"Accept": "foo"}, status=200)
+
+    # -- conditional requests ---------------------------------------------------
+    def test_if_match_on_get_and_head(self):
+        etag = self.req("PUT", "/keys/a", b"v", TEXT, status=201).header("ETag")
+        for method in ("GET", "HEAD"):
+            self.req(method, "/keys/a", headers={"If-Match": etag}, status=200)
+            self.req(method, "/keys/a", headers={"If-Match": "*"}, status=200)
+            self.req(method, "/keys/a", headers={"If-Match": '"other", %s' % etag}, status=200)
+            self.req(method, "/keys/a", headers={"If-Match": '"other"'}, status=412)
+            self.req(method, "/keys/a", headers={"If-Match": "W/" + etag}, status=412)  # strong
+        self.req("GET", "/keys/absent", headers={"If-Match": "*"}, status=404)
+        self.error(self.req("GET", "/keys/a", headers={"If-Match": "no quotes"}), 400, "bad_request")
+
+    def test_if_unmodified_since_on_reads(self):
+        self.req("PUT", "/keys/a", b"v", TEXT, status=201)
+        self.req("GET", "/keys/a", headers={"If-Unmodified-Since": LONG_AGO}, status=412)
+        self.req("GET", "/keys/a", headers={"If-Unmodified-Since": FAR_AHEAD}, status=200)
+        self.req("GET", "/keys/a", headers={"If-Unmodified-Since": "yesterday"}, status=200)
+        etag = self.req("GET", "/keys/a").header("ETag")    # If-Match present: IUS ignored
+        self.req("GET", "/keys/a", headers={"If-Match": etag, "If-Unmodified-Since": LONG_AGO},
+                 status=200)
+
+    def test_if_unmodified_since_on_writes(self):
+        self.req("PUT", "/keys/a", b"one", TEXT, status=201)
+        self.req("PUT", "/keys/a", b"two", dict(TEXT, **{"If-Unmodified-Since": LONG_AGO}),
+                 status=412)
+        self.assertEqual(self.value("a"), b"one")
+        self.req("PUT", "/keys/a", b"two", dict(TEXT, **{"If-Unmodified-Since": FAR_AHEAD}),
+                 status=200)
+        self.assertEqual(self.value("a"), b"two")
+        # an absent key cannot be shown unmodified: nothing is created
+        self.req("PUT", "/keys/b", b"x", dict(TEXT, **{"If-Unmodified-Since": FAR_AHEAD}),
+                 status=412)
+        self.assertIsNone(self.value("b"))
+        self.req("DELETE", "/keys/a", headers={"If-Unmodified-Since": LONG_AGO}, status=412)
+        self.assertEqual(self.value("a"), b"two")
+        self.req("DELETE", "/keys/a", headers={"If-Unmodified-Since": "not a date"}, status=204)
+        self.assertIsNone(self.value("a"))
+        etag = self.req("PUT", "/keys/c", b"1", TEXT, status=201).header("ETag")
+        self.req("PUT", "/keys/c", b"2", dict(TEXT, **{"If-Match": etag,
+                                                        "If-Unmodified-Since": LONG_AGO}),
+                 status=200)                            # If-Match wins (RFC 9110 13.1.4)
+
+    # -- methods ----------------------------------------------------------------
+    def test_methods_on_unknown_and_known_paths(self):
+        for method in ("GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"):
+            self.error(self.req(method, "/nowhere"), 404, "not_found")
+        for path, allow in (("/keys/a", "GET, HEAD, PUT, DELETE"), ("/keys", "GET, HEAD, POST"),
+                            ("/batch", "POST"), ("/health", "GET, HEAD"),
+                            ("/buckets/b/keys/a", "GET, HEAD, PUT, DELETE")):
+            response = self.req("PATCH", path)
+            self.error(response, 405, "method_not_allowed")
+            self.assertEqual(response.header("Allow"), allow)
+        self.assertEqual(self.req("POST", "/keys/a", b"v", TEXT, status=405).header("Allow"),
+                         "GET, HEAD, PUT, DELETE")
+
+    # -- bodies refused whole -------------------------------------------------
+    def test_a_batch_op_of_the_wrong_type_is_400_and_applies_nothing(self):
+        for op in ([], {}, 5, None, True):
+            body = json.dumps({"ops": [{"op": "put", "key": "first", "value": "x"},
+                                       {"op": op, "key": "a"}]})
+            self.error(self.req("POST", "/batch", body, {"Content-Type": "application/json"}),
+                       400, "bad_request")
+        self.assertIsNone(self.value("first"))
+
+    def test_an_xml_value_with_child_elements_is_400(self):
+        for body in (b"<record><value>a<b>c</b>d</value></record>",
+                     b"<record><value><b/></value></record>"):
+            self.error(self.req("PUT", "/keys/x", body, {"Content-Type": "application/xml"}),
+                       400, "bad_request")
+        self.assertIsNone(self.value("x"))
+        body = b"<batch><op><op>put</op><key>x</key><value>a<b/></value></op></batch>"
+        self.error(self.req("POST", "/batch", body, {"Content-Type": "application/xml"}),
+                   400, "bad_request")
+        self.assertIsNone(self.value("x"))
+
+    def test_xml_errors_are_well_formed_whatever_the_path_holds(self):
+        for path in ("/keys/%01", "/nowhere%01%0b%7f", "/buckets/%01/keys/a"):
+            response = self.req("GET", path, headers={"Accept": "application/xml"})
+            self.assertIn(response.status, (400, 404))
+            error = ElementTree.fromstring(response.body)       # raises when not well-formed
+            self.assertEqual(error.findtext("status"), str(response.status))
+
+
+class SQLiteEdgeTest(EdgeContract, unittest.TestCase):
+    def write_config(self, path):
+        with open(path, "w") as f:
+            f.write("[server]\n[cluster]\npartitions = 2\nreplicas = 2\n"
+                    "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n"
+                    "[partition-2]\nengine = sqlite\npath = p2.sqlite3\n")
+        return path
+
+
+class MariaDBEdgeTest(EdgeContract, unittest.TestCase):
+    def write_config(self, path):
+        servers = dbservers.shared(3)
+        for server in servers:
+            server.execute("DELETE FROM kv_rows")
+        return dbservers.write_config(path, servers, replicas=2)
+
+
+del EdgeContract
