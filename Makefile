@@ -12,9 +12,12 @@ LISTEN ?= 127.0.0.1:8080
 URL    ?= http://127.0.0.1:8080
 DATA   ?= ../shared/data/npm-packages.tsv
 
-.PHONY: install run test faults load schema mariadb faketime bench clean
+.PHONY: help install run test faults load schema mariadb faketime bench clean
 
-install: $(STAMP)
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
+
+install: $(STAMP)  ## the venv and every pip package (and the MariaDB client headers)
 
 # mysqlclient builds against libmariadb (pkg-config finds it).
 $(STAMP): requirements.txt pyproject.toml
@@ -36,10 +39,10 @@ faketime:
 	@command -v faketime >/dev/null 2>&1 || \
 	  { $(APT) update -q && $(APT) install -y -q faketime; }
 
-run: $(STAMP)
+run: $(STAMP)  ## serve on 127.0.0.1:8080 (LISTEN=) with the development server (SQLite partitions)
 	$(PY) controller.py $(LISTEN)
 
-test: $(STAMP) mariadb faketime
+test: $(STAMP) mariadb faketime  ## install everything and run the whole nose2 suite
 	$(PY) -m nose2 -v -s test
 
 # The long fault run (not in make test, whose test_faults.py is the short form):
@@ -47,22 +50,22 @@ test: $(STAMP) mariadb faketime
 # history check; prints the figures. FAULTS_SECONDS and FAULTS_KILLS override.
 FAULTS_SECONDS ?= 300
 FAULTS_KILLS   ?= 20
-faults: $(STAMP) mariadb
+faults: $(STAMP) mariadb  ## the long fault test: kill -9 under load, then check the history
 	FAULTS_SECONDS=$(FAULTS_SECONDS) FAULTS_KILLS=$(FAULTS_KILLS) $(PY) -m nose2 -v -s test test_faults
 
 # Create the schema on every partition of the configuration (idempotent).
-schema: $(STAMP)
+schema: $(STAMP)  ## create or upgrade the schema on every configured partition
 	$(PY) datastore.py schema
 
 # Load every row of the npm data set into a running service, then verify it.
-load: $(STAMP)
+load: $(STAMP)  ## load the npm data set into the running service, then verify it
 	$(VENV)/bin/kv load --url $(URL) --verify $(DATA)
 
 # Side-by-side benchmark (not part of make test): the service, sysbench, etcd v2.
-bench: $(STAMP) mariadb
+bench: $(STAMP) mariadb  ## the side-by-side benchmark (about 15 minutes)
 	@command -v wrk >/dev/null && command -v sysbench >/dev/null && command -v etcd >/dev/null || \
 	  { $(APT) update -q && $(APT) install -y -q wrk sysbench etcd-server; }
 	$(PY) bench/bench.py
 
-clean:
+clean:  ## remove the venv and the SQLite data
 	rm -rf $(VENV) data

@@ -111,10 +111,11 @@ class KeyList:
         access = web.ctx.access
         visible = None
         if access.enabled:
-            def visible(name, is_prefix):         # a folder: some key under it may be listable
+            def listable(name, is_prefix):        # a folder: some key under it may be listable
                 if is_prefix:
                     return access.may_some("list", bucket.decode(), name)
                 return access.may("list", bucket, name)
+            visible = listable
         listing = web.ctx.store.list(bucket, q.get("prefix", "").encode("utf-8"),
                                      q.get("delimiter", "").encode("utf-8"),
                                      cursor, limit, values == "true", visible)
