@@ -36,6 +36,24 @@ for _fmt in FORMATS:
         pass
 
 
+_stock_best_mime = mimerender._best_mime
+
+
+@functools.lru_cache(maxsize=1024)
+def _memo_best_mime(supported: tuple, accept: str):
+    return _stock_best_mime(list(supported), accept)
+
+
+def _best_mime(supported, accept=None):
+    """mimerender's choice of media type, memoized per (supported types,
+    Accept value): python-mimeparse takes 50 to 100 us to rank one Accept
+    header, and clients send the same few headers again and again."""
+    return None if accept is None else _memo_best_mime(tuple(supported), accept)
+
+
+mimerender._best_mime = _best_mime      # the module function its wrapper calls
+
+
 class _MimeRender(mimerender.WebPyMimeRender):
     """mimerender for web.py, reading ``?format=`` from ``web.ctx.kv_format``
     (set by :func:`format_override` from the query string) only.

@@ -168,8 +168,12 @@ def path_bucket_key() -> Tuple[bytes, bytes]:
     :raises InvalidBucket: for a bad bucket name (400).
     :raises HTTPProblem: 404 for a reserved bucket (``_...``).
     """
-    bucket, key = path_parts()
-    return (DEFAULT_BUCKET if bucket is None else public_bucket(bucket)), key
+    parsed = web.ctx.get("kv_bucket_key")       # the guard and the handler both ask
+    if parsed is None:
+        bucket, key = path_parts()
+        parsed = web.ctx.kv_bucket_key = (
+            DEFAULT_BUCKET if bucket is None else public_bucket(bucket)), key
+    return parsed
 
 
 def path_parts() -> Tuple[Optional[bytes], bytes]:
