@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from kv import metrics
 from kv.http.errors import HTTPProblem
+from kv.http.negotiation import render_problem
 from kv.metrics import exposition
 from kv.metrics.accesslog import open_access_log
 from kv.sync.status import sync_status
@@ -189,8 +190,9 @@ class Metrics:
 
     def GET(self, *_):
         store = web.ctx.store
-        if not store.settings.metrics.enabled:
-            raise HTTPProblem(404, "not_found", "metrics are off ([metrics] enabled = false)")
+        if not store.settings.metrics.enabled:       # a handler answers, never raises
+            return render_problem(HTTPProblem(404, "not_found",
+                                              "metrics are off ([metrics] enabled = false)"))
         body, content_type = exposition(web.ctx.env.get("HTTP_ACCEPT"), [StoreCollector(store)])
         web.ctx.status = "200 OK"
         web.ctx.headers.append(("Content-Type", content_type))

@@ -162,9 +162,9 @@ class _Collectors:
 
 
 def exposition(accept: Optional[str], extra: Iterable = ()) -> Tuple[bytes, str]:
-    """The body and Content-Type of a scrape: this node's counts (every
-    worker's, in multiprocess mode), then what the ``extra`` collectors
-    (objects with ``collect()``, computed now) yield.
+    """The body and Content-Type of a scrape: what the ``extra`` collectors
+    (objects with ``collect()``, computed now) yield, then this node's
+    counts (every worker's, in multiprocess mode).
 
     :param str accept: the request's Accept header: OpenMetrics when it asks
         for ``application/openmetrics-text``, else the text format 0.0.4
@@ -173,7 +173,9 @@ def exposition(accept: Optional[str], extra: Iterable = ()) -> Tuple[bytes, str]
     """
     encoder, content_type = choose_encoder(accept or "")
     base = MultiProcessCollector(None) if MULTIPROCESS else REGISTRY
-    return encoder(_Collectors([base] + list(extra))), content_type
+    # The extra collectors first: what their queries count (a ping's time,
+    # a partition's error) is then in this scrape's counts already.
+    return encoder(_Collectors(list(extra) + [base])), content_type
 
 
 def prepare_directory(path: str) -> str:
