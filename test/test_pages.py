@@ -393,6 +393,7 @@ class PagesAuthTest(BrowserTest):
         self.assertEqual(r.status_code, 401)
         self.assertIn("Basic", r.headers["WWW-Authenticate"])
         self.assertIn("401 Unauthorized", r.text)
+        self.assertIn("not signed in", r.text)
         home = requests.get(self.url + "/", headers={"Accept": "application/json"}).json()
         self.assertEqual((home["buckets"], "partitions" in home), ([], False))
 

@@ -80,12 +80,12 @@ def who() -> Tuple[str, Optional[str]]:
     """(who the caller is, the sign-in link or None), for the page header.
     The sign-in link is ``/auth/whoami``, which asks an anonymous browser
     for credentials (401 with a Basic challenge)."""
-    access = web.ctx.get("access")
-    if access is None or not access.enabled:
+    if not web.ctx.get("kv_auth"):
         return "authentication off", None
-    caller = access.caller
-    if not caller.authenticated:
-        return "anonymous", link("/auth/whoami")
+    access = web.ctx.get("access")
+    caller = access.caller if access is not None and access.enabled else None
+    if caller is None or not caller.authenticated:     # anonymous, or refused before
+        return "not signed in", link("/auth/whoami")
     names = ["user:" + caller.user] if caller.user else []
     names += ["app:" + caller.app] if caller.app else []
     return "signed in as " + " + ".join(names), None

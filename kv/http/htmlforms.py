@@ -19,8 +19,6 @@ import hmac
 import urllib.parse
 from typing import NamedTuple, Optional
 
-import web
-
 from kv.errors import InvalidRequest, ValueTooLarge
 from kv.http.bodies import parse_ttl, structured_limit
 from kv.http.errors import HTTPProblem
@@ -131,9 +129,3 @@ def read_form(settings, access) -> FormRequest:
         raise ValueTooLarge(len(value), settings.max_value_bytes)
     ttl = parse_ttl(fields["ttl"]) if fields.get("ttl") else None
     return FormRequest(method, condition, value, ttl)
-
-
-def form_post() -> bool:
-    """True when the current request is a form POST (for pages that need to
-    know whether they answer one)."""
-    return web.ctx.method == "POST" and request_media_type() == FORM_TYPE
