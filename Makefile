@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 URL    ?= http://127.0.0.1:8080
 DATA   ?= ../shared/data/npm-packages.tsv
 
-.PHONY: help install run test faults load schema mariadb faketime bench clean
+.PHONY: help install run test faults load schema mariadb faketime chromium screenshots bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
@@ -42,7 +42,17 @@ faketime:
 run: $(STAMP)  ## serve on 127.0.0.1:8080 (LISTEN=) with the development server (SQLite partitions)
 	$(PY) controller.py $(LISTEN)
 
-test: $(STAMP) mariadb faketime  ## install everything and run the whole nose2 suite
+# test_pages.py drives the HTML pages in Debian's headless Chromium (through
+# Playwright, which is told to use this browser and never downloads one).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { $(APT) update -q && $(APT) install -y -q chromium; }
+
+# Retake docs/pages-*.png (the README's screenshots of the HTML pages).
+screenshots: $(STAMP) mariadb chromium  ## retake the screenshots of the HTML pages (docs/pages-*.png)
+	KV_SCREENSHOTS=1 $(PY) -m nose2 -v -s test test_pages
+
+test: $(STAMP) mariadb faketime chromium  ## install everything and run the whole nose2 suite
 	$(PY) -m nose2 -v -s test
 
 # The long fault run (not in make test, whose test_faults.py is the short form):

@@ -14,8 +14,8 @@ production ``granian --interface wsgi --factory controller:create_application``
 """
 
 import logging
-import re
 import sys
+import time
 import urllib.parse
 
 import web
@@ -24,10 +24,12 @@ from datastore import Datastore, open_store
 from kv.auth.directory import Directory
 from kv.errors import InvalidRequest
 from kv.http import admin, devserver
-from kv.http.monitoring import Metrics
+from kv.http.monitoring import Metrics, RouteTable, request_observer
 from kv.http.openapi import OpenAPIDocument
-from kv.http.pages import Home
-from kv.http.access import OPEN, authenticate
+from kv.http.pages import Home, deleted_answer
+from kv.http.html import listing_delimiter
+from kv.http.htmlforms import read_form
+from kv.http.access import OPEN, authenticate, refuse_cross_site
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
 from kv.http.conditional import check_read_condition, not_modified, record_headers, write_condition
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
@@ -87,6 +89,23 @@ class KeyResource:
         _, partition = web.ctx.store.delete(*path_bucket_key(), write_condition())
         return {EMPTY: True}, 204, [("X-Partition", partition)]
 
+    @endpoint(RECORD)
+    def POST(self, *_):
+        """An HTML form's PUT or DELETE (API.md "HTML pages"; kv.http.htmlforms):
+        405 without a valid ``_method`` (POST is in neither PARAMETERS nor
+        Allow), 403 without the caller's ``_csrf``; the guard has required
+        ``write``, as for PUT and DELETE."""
+        bucket, key = path_bucket_key()
+        store = web.ctx.store
+        form = read_form(store.settings, web.ctx.access)
+        if form.method == "DELETE":
+            require(DOCUMENT)
+            _, partition = store.delete(bucket, key, form.condition)
+            return deleted_answer(bucket, key), 200, [("X-Partition", partition)]
+        require(RECORD, form.value)
+        record, created, partition = store.put(bucket, key, form.value, form.ttl, form.condition)
+        return record_response(record, partition, 201 if created else 200)
+
 
 class KeyList:
     """/keys and /buckets/{bucket}/keys: GET, HEAD (listing) and POST (create a new key)."""
@@ -117,7 +136,7 @@ class KeyList:
                 return access.may("list", bucket, name)
             visible = listable
         listing = web.ctx.store.list(bucket, q.get("prefix", "").encode("utf-8"),
-                                     q.get("delimiter", "").encode("utf-8"),
+                                     listing_delimiter().encode("utf-8"),
                                      cursor, limit, values == "true", visible)
         if access.enabled and listing.values:
             listing.items = [r if access.may("read", bucket, r.key) else r._replace(value=None)
@@ -299,7 +318,9 @@ URLS = ("/keys/((?s:.*))", KeyResource, "/keys", KeyList,
         "/buckets", BucketList, "/batch", Batch, "/health", Health, "/metrics", Metrics,
         "/openapi.json", OpenAPIDocument, "/", Home) + admin.URLS + (
         "/((?s:.*))", Unknown)
-_ROUTES = [(re.compile("^%s$" % URLS[i]), URLS[i + 1]) for i in range(0, len(URLS), 2)]
+#: Path -> (route class, route template such as ``/keys/{key}``): the
+#: templates label the metrics and the access log (kv.http.monitoring).
+_ROUTES = RouteTable(URLS, catch_all=Unknown)
 
 
 def _admin_only(access, _):
@@ -307,14 +328,6 @@ def _admin_only(access, _):
     A route's ``guard(access, method)`` runs before its handler and before
     any storage is read."""
     access.require_admin()
-
-
-def _route(path: str):
-    """The route class of ``path`` (the first pattern of URLS that matches it)."""
-    for pattern, route in _ROUTES:
-        if pattern.match(path):
-            return route
-    return Unknown
 
 
 def _check_parameters(route, method: str) -> None:
@@ -350,15 +363,18 @@ def _no_method(route, method: str) -> HTTPProblem:
                        [("Allow", ", ".join(methods))])
 
 
-def _processor(store, directory):
+def _processor(store, directory, observe=None):
     """Per request: attach the store, validate ?format=, authenticate the
     caller and run the route's guard (kv.http.access; with authentication
     off, everything is allowed), refuse unknown query parameters and
     malformed Accept headers, answer a method the route lacks (405, or 404
     on an unknown path), set Content-Length and drop the
-    body of HEAD, 204 and 304 responses."""
+    body of HEAD, 204 and 304 responses; then ``observe`` (when given,
+    kv.http.monitoring.request_observer) counts the request and logs it."""
     def process(handler):
+        started = time.perf_counter()
         ctx = web.ctx
+        route, template = _ROUTES.match(ctx.path)
         ctx.store = store
         ctx.access = OPEN
         ctx.kv_auth = directory is not None
@@ -366,15 +382,19 @@ def _processor(store, directory):
             ctx.kv_format = format_override(query().get("format"))
             if ctx.kv_format is None:
                 check_accept(ctx.env.get("HTTP_ACCEPT"))
-            route = _route(ctx.path)
             _check_parameters(route, ctx.method)
             if directory is not None and ctx.path != "/health":
                 ctx.access = authenticate(directory, ctx.env.get("HTTP_AUTHORIZATION"))
+                refuse_cross_site(ctx.access, ctx.method, ctx.env)
                 getattr(route, "guard", _admin_only)(ctx.access, ctx.method)
             body = handler()
-        except web.HTTPError:                # web.py's 405: the class lacks the method
+        except web.NoMethod:                 # web.py's 405: the class lacks the method
             ctx.headers = []
             body = render_problem(_no_method(route, ctx.method))
+        except web.HTTPError:                # web.py's 500 for an exception it logged
+            ctx.headers = []
+            body = render_problem(HTTPProblem(500, "internal_error",
+                                              "internal error; the details are in the server log"))
         except CLIENT_ERRORS as e:           # raised before a handler ran
             ctx.kv_format = None
             ctx.headers = []
@@ -388,7 +408,11 @@ def _processor(store, directory):
             body = b""
         else:
             ctx.headers.append(("Content-Length", str(len(body))))
-        return b"" if ctx.method == "HEAD" else body
+        if ctx.method == "HEAD":
+            body = b""
+        if observe is not None:
+            observe(ctx, template, code, len(body), started)
+        return body
     return process
 
 
@@ -424,7 +448,8 @@ def create_application(config_path=None, store=None):
                     "write and delete every key; turn it on before the service is reachable "
                     "from a network that is not fully trusted")
     app = web.application(URLS, {}, autoreload=False)
-    app.add_processor(_processor(store, directory))
+    app.add_processor(_processor(store, directory,
+                                 request_observer(store.settings.metrics, directory is not None)))
     wsgi = app.wsgifunc(_whole_body)
     wsgi.store = store
     return wsgi

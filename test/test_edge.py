@@ -15,6 +15,7 @@ import paste.fixture
 
 import controller
 import dbservers
+from kv.http import representations
 
 TEXT = {"Content-Type": "text/plain"}
 LONG_AGO = "Sat, 01 Jan 2000 00:00:00 GMT"
@@ -174,6 +175,24 @@ class EdgeContract:
             self.assertEqual(error.findtext("status"), str(response.status))
 
 
+    def test_a_failure_while_rendering_is_a_500_not_a_405(self):
+        self.req("PUT", "/keys/a", b"v", TEXT, status=201)
+        cells = representations.RENDERERS[representations.RECORD]
+
+        def broken(_):
+            raise RuntimeError("renderer bug")
+        original = cells["xml"]
+        cells["xml"] = broken
+        try:
+            response = self.req("GET", "/keys/a", headers={"Accept": "application/xml"})
+        finally:
+            cells["xml"] = original
+        self.assertEqual(response.status, 500, response.body[:300])
+        error = ElementTree.fromstring(response.body)       # the negotiated error format
+        self.assertEqual(error.findtext("code"), "internal_error")
+        self.assertNotIn(b"renderer bug", response.body)
+
+
 class SQLiteEdgeTest(EdgeContract, unittest.TestCase):
     def write_config(self, path):
         with open(path, "w") as f:
@@ -192,3 +211,50 @@ class MariaDBEdgeTest(EdgeContract, unittest.TestCase):
 
 
 del EdgeContract
+
+
+class CrossSiteTest(unittest.TestCase):
+    """With authentication on, a browser's Basic credentials cannot be used
+    by another site's form (POST /keys takes form bodies, as curl -d sends)."""
+
+    def setUp(self):
+        directory = tempfile.mkdtemp(prefix="kv-csrf-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        config = os.path.join(directory, "c.cfg")
+        with open(config, "w") as f:
+            f.write("[server]\n[cluster]\npartitions = 1\n[auth]\nenabled = true\n"
+                    "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
+        admin = {"Authorization": "Bearer " + dbservers.bootstrap_admin(config)}
+        self.wsgi = controller.create_application(config)
+        self.addCleanup(self.wsgi.store.close)
+        self.app = paste.fixture.TestApp(self.wsgi)
+        json_admin = dict(admin, **{"Content-Type": "application/json"})
+        self.post("PUT", "/auth/users/alice", json.dumps({"password": "pw"}), json_admin, 201)
+        self.post("POST", "/auth/rules", json.dumps(
+            {"effect": "allow", "principal": "user:alice", "verbs": ["write"], "bucket": "*",
+             "keys": "#"}), json_admin, 201)
+        self.basic = {"Authorization": "Basic YWxpY2U6cHc=",          # alice:pw
+                      "Content-Type": "application/x-www-form-urlencoded", "Host": "kv.local"}
+        self.token = admin
+
+    def post(self, method, path, body, headers, status):
+        response = self.app._gen_request(method, path, params=body, headers=headers,
+                                         status="*", expect_errors=True)
+        self.assertEqual(response.status, status, response.body[:300])
+        return response
+
+    def test_a_cross_site_form_post_with_basic_credentials_is_refused(self):
+        for extra in ({"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"},
+                      {"Origin": "null"}):
+            refused = self.post("POST", "/keys", "key=a&value=forged", dict(self.basic, **extra),
+                                403)
+            self.assertEqual(json.loads(refused.body)["error"]["code"], "cross_site_request")
+        self.post("GET", "/keys/a", "", self.token, 404)                 # nothing was written
+        # the service's own pages, curl, and bearer tokens are not affected
+        self.post("POST", "/keys", "key=a&value=1",
+                  dict(self.basic, **{"Sec-Fetch-Site": "same-origin"}), 201)
+        self.post("PUT", "/keys/b", "value=2", dict(self.basic, Origin="http://kv.local"), 201)
+        self.post("PUT", "/keys/c", "value=3", self.basic, 201)
+        self.post("PUT", "/keys/d", "value=4", dict(self.token, **{
+            "Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"}),
+            201)

@@ -21,6 +21,7 @@ Listing cursors are sealed (Fernet: AES-128-CBC and HMAC-SHA256, from the
 shows a key or bucket name the caller may not list.
 """
 
+import urllib.parse
 from typing import Optional
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -29,6 +30,7 @@ from kv.auth.credentials import parse_authorization
 from kv.auth.rules import Caller, RuleSet
 from kv.errors import InvalidRequest
 from kv.http.errors import HTTPProblem
+from kv.metrics import count_auth
 
 BASIC_CHALLENGE = 'Basic realm="kv", charset="UTF-8"'
 BEARER_CHALLENGE = 'Bearer realm="kv"'
@@ -125,6 +127,34 @@ class Access:
 
 
 OPEN = Access(None)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def refuse_cross_site(access: Access, method: str, env: dict) -> None:
+    """Refuse a state-changing request that a browser sends from another
+    site with the Basic credentials it remembers (cross-site request
+    forgery: a form on any page can POST to ``/keys``).  Bearer tokens are
+    never attached by a browser on its own, so only Basic is checked.
+
+    The rule is OWASP's "verifying origin with standard headers": the Fetch
+    Metadata header ``Sec-Fetch-Site: cross-site``, or else an ``Origin``
+    whose host is not the request's ``Host``, is refused.  Requests without
+    either header (curl, programs) pass.
+
+    :raises HTTPProblem: 403 ``cross_site_request``.
+    """
+    if method in SAFE_METHODS or access.token is not None or not access.caller.authenticated:
+        return
+    site = env.get("HTTP_SEC_FETCH_SITE")
+    if site is not None:
+        cross = site == "cross-site"
+    else:
+        origin = env.get("HTTP_ORIGIN")
+        cross = origin is not None and (origin == "null" or urllib.parse.urlsplit(
+            origin).netloc.lower() != env.get("HTTP_HOST", "").lower())
+    if cross:
+        raise HTTPProblem(403, "cross_site_request", "a browser sent this %s from another "
+                          "site; it is refused (open the service's own page instead)" % method)
 
 
 def authenticate(directory, header: Optional[str]) -> Access:
@@ -135,18 +165,31 @@ def authenticate(directory, header: Optional[str]) -> Access:
     :raises HTTPProblem: 401 ``invalid_credentials`` for credentials that
         are malformed, unknown, expired or revoked (or a user disabled).
     :raises PartitionUnavailable: when ``_auth`` cannot be read.
+
+    Each call is counted in ``kv_auth_requests_total{scheme,result}``
+    (scheme none, basic, bearer or other; result anonymous, ok, invalid or
+    error).
     """
     if directory is None:
         return OPEN
     if not header:
+        count_auth("none", "anonymous")
         return Access(directory)
     scheme, credentials = parse_authorization(header)
-    if scheme == "basic" and credentials and directory.check_password(*credentials):
-        return Access(directory, Caller(credentials[0], None, True))
-    if scheme == "bearer" and credentials:
-        token = directory.token(credentials[0])
-        if token is not None:
-            return Access(directory, Caller(token.user, token.app, True), token)
+    known = scheme if scheme in ("basic", "bearer") else "other"
+    try:
+        if scheme == "basic" and credentials and directory.check_password(*credentials):
+            count_auth(known, "ok")
+            return Access(directory, Caller(credentials[0], None, True))
+        if scheme == "bearer" and credentials:
+            token = directory.token(credentials[0])
+            if token is not None:
+                count_auth(known, "ok")
+                return Access(directory, Caller(token.user, token.app, True), token)
+    except Exception:
+        count_auth(known, "error")
+        raise
+    count_auth(known, "invalid")
     challenge = {"bearer": BEARER_CHALLENGE + ', error="invalid_token"',
                  "basic": BASIC_CHALLENGE}.get(scheme, BASIC_CHALLENGE + ", " + BEARER_CHALLENGE)
     raise HTTPProblem(401, "invalid_credentials", "the credentials are not valid",

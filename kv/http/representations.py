@@ -20,6 +20,8 @@ from xml.sax.saxutils import escape
 
 import orjson
 
+from kv.http import html
+
 # -- the formats and the table ------------------------------------------------
 
 RECORD, LISTING, ERROR, BATCH, HEALTH, EMPTY, DOCUMENT = (
@@ -42,14 +44,15 @@ JSON = Format("json", ("application/json",))
 XML = Format("xml", ("application/xml", "text/xml"))
 TEXT = Format("text", ("text/plain",), "utf-8")
 RAW = Format("raw", ("application/octet-stream",))
+HTML = Format("html", ("text/html",), "utf-8")
 
 #: The columns of :data:`RENDERERS`.  Their order is the Accept tie-break
 #: order (python-mimeparse prefers the later type of equal quality), except
 #: that the default, :data:`DEFAULT_FORMAT`, wins every tie.
-FORMATS = (JSON, XML, TEXT, RAW)
+FORMATS = (JSON, XML, TEXT, RAW, HTML)
 DEFAULT_FORMAT = JSON
 #: ``?format=`` values that API.md defines but no column serves yet: 406, not 400.
-UNSERVED_FORMATS = ("html",)
+UNSERVED_FORMATS = ()
 
 FORMAT_OF_MEDIA: Dict[str, Format] = {media: fmt for fmt in FORMATS for media in fmt.media_types}
 #: Every media type an Accept header can get, for the body of a 406.
@@ -364,12 +367,12 @@ def _text_health(report) -> bytes:
 #: DOCUMENT a JSON object (dict of JSON values; in XML a one-member object is
 #: its member's element, any other is <document>).
 RENDERERS = _table(
-    # kind    JSON                     XML                    TEXT           RAW
-    (RECORD,  _json(record_json),     _xml(_xml_record),     _text_value,   _raw_value),
-    (LISTING, _json(_json_listing),    _xml(_xml_listing),    _text_listing, None),
-    (ERROR,   _json(_json_error_doc),  _xml(_xml_error),      _text_error,   _text_error),
-    (BATCH,   _json(_json_batch),      _xml(_xml_batch),      None,          None),
-    (HEALTH,  _json(_json_health),     _xml(_xml_health),     _text_health,  _text_health),
-    (EMPTY,   _nothing,                _nothing,              _nothing,      _nothing),
-    (DOCUMENT, _json_document,         _xml(_xml_document),   None,          None),
+    # kind    JSON                     XML                    TEXT           RAW           HTML (kv.http.html)
+    (RECORD,  _json(record_json),     _xml(_xml_record),     _text_value,   _raw_value,   html.record_page),
+    (LISTING, _json(_json_listing),    _xml(_xml_listing),    _text_listing, None,         html.listing_page),
+    (ERROR,   _json(_json_error_doc),  _xml(_xml_error),      _text_error,   _text_error,  html.error_page),
+    (BATCH,   _json(_json_batch),      _xml(_xml_batch),      None,          None,         None),
+    (HEALTH,  _json(_json_health),     _xml(_xml_health),     _text_health,  _text_health, html.health_page),
+    (EMPTY,   _nothing,                _nothing,              _nothing,      _nothing,     _nothing),
+    (DOCUMENT, _json_document,         _xml(_xml_document),   None,          None,         html.document_page),
 )
