@@ -213,9 +213,10 @@ class MariaDBEdgeTest(EdgeContract, unittest.TestCase):
 del EdgeContract
 
 
-class CrossSiteTest(unittest.TestCase):
-    """With authentication on, a browser's Basic credentials cannot be used
-    by another site's form (POST /keys takes form bodies, as curl -d sends)."""
+class AuthOnEdgeTest(unittest.TestCase):
+    """With authentication on: a browser's Basic credentials cannot be used
+    by another site's form (POST /keys takes form bodies, as curl -d sends),
+    and /health says only ok or degraded, to anyone."""
 
     def setUp(self):
         directory = tempfile.mkdtemp(prefix="kv-csrf-")
@@ -258,3 +259,10 @@ class CrossSiteTest(unittest.TestCase):
         self.post("PUT", "/keys/d", "value=4", dict(self.token, **{
             "Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "cross-site"}),
             201)
+
+    def test_health_says_only_the_status_in_the_negotiated_format(self):
+        for headers in ({}, self.token):
+            response = self.post("GET", "/health", "", headers, 200)
+            self.assertEqual(json.loads(response.body), {"status": "ok"})
+        xml = self.post("GET", "/health?format=xml", "", {}, 200)
+        self.assertEqual(ElementTree.fromstring(xml.body).text, "ok")
