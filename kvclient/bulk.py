@@ -1,13 +1,10 @@
-"""This module provides the bulk commands of ``kv``: load (a TSV or JSON-lines
-file, 1000 keys per POST /batch over parallel connections, resumable), dump
-(every key as a JSON line) and restore (a dump loaded back, expiry included).
+"""This module provides the bulk loads of ``kv``: load (a TSV or JSON-lines
+file, 1000 keys per POST /batch over parallel connections) and restore (a
+``kv dump`` loaded back, expiry included), both resumable and stopped
+cleanly by Ctrl-C (:mod:`kvclient.pipeline`); the input formats are in
+:mod:`kvclient.rows`, dump in :mod:`kvclient.ranges`.
 """
 
-import base64
-import concurrent.futures
-import csv
-import json
-import math
 import os
 import sys
 import threading
@@ -15,57 +12,12 @@ import time
 
 import tqdm
 
-from kvclient.commands import EXIT_OK, EXIT_UNAVAILABLE, open_store, print_json
+from kvclient.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, open_store, print_json
 from kvclient.errors import KVError, NotFound
-from kvclient.records import decode_value, parse_time
+from kvclient.pipeline import Interrupted, ResumeState, run_chunks
+from kvclient.rows import jsonl_rows, read_tsv, ttl_of
 
 BATCH = 1000
-
-
-def read_tsv(path):
-    """(key, value bytes) of a TSV file with a header line: the first column is
-    the key, the value is the JSON object of the other columns (whole numbers
-    as JSON integers)."""
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        for row in reader:
-            fields = {name: int(v) if v.isdigit() else v for name, v in zip(header[1:], row[1:])}
-            yield row[0], json.dumps(fields, ensure_ascii=False, sort_keys=True).encode("utf-8")
-
-
-def read_jsonl(stream):
-    """(key, value bytes, expires) of ``kv dump`` lines; ``expires`` is the
-    expiry in seconds since the epoch (a float), or None for no expiry."""
-    for number, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-            expires = parse_time(doc["expires"]).timestamp() if doc.get("expires") else None
-            yield doc["key"], decode_value(doc), expires
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SystemExit("kv: line %d is not a dump record: %s" % (number, e))
-
-
-def ttl_of(expires, now: float):
-    """The TTL to send for a row expiring at ``expires`` (seconds since the
-    epoch, or None): the remaining seconds rounded up, so a restored key
-    expires no earlier than the dumped one (and less than 1 s later, plus the
-    request's latency and the clock difference between this host and the
-    servers).  None for no expiry; 0 when the row has expired by ``now``."""
-    if expires is None:
-        return None
-    return max(0, math.ceil(expires - now))
-
-
-def _jsonl_rows(path):
-    """The rows of :func:`read_jsonl` from a file, or stdin for ``-``."""
-    if path == "-":
-        return list(read_jsonl(sys.stdin))
-    with open(path, encoding="utf-8") as f:
-        return list(read_jsonl(f))
 
 
 class Loader:
@@ -98,8 +50,7 @@ class Loader:
         rows = self.live(chunk)
         ops = []
         for key, value, ttl in rows:
-            op = {"op": "put", "key": key, "value": base64.b64encode(value).decode("ascii"),
-                  "encoding": "base64"}
+            op = {"op": "put", "key": key, "value": value}
             if ttl:
                 op["ttl"] = ttl
             ops.append(op)
@@ -123,7 +74,7 @@ class Loader:
         results = self.store().batch([{"op": "get", "key": key} for key, _, _ in chunk])
         now = time.time()
         return [(key, r["status"], "differs") for (key, value, expires), r in zip(chunk, results)
-                if (r["status"] != 200 or decode_value(r["record"]) != value)
+                if (r["status"] != 200 or r["record"].value != value)
                 and not (r["status"] == 404 and ttl_of(expires, now) == 0)]
 
 
@@ -131,64 +82,71 @@ def _state_path(args) -> str:
     return args.state or ".kv-load-%s.state" % os.path.basename(args.file)
 
 
-def run_chunks(label, chunks, work, connections, skip=0, on_done=None):
-    """Run work(chunk) for the chunks from index ``skip`` on, on ``connections``
-    threads, with a progress bar; ``on_done(n)`` is told when the first n chunks
-    are all done.  Prints rows/s; returns the failures [(key, status, message)]."""
-    total = sum(len(c) for c in chunks)
-    failures, done, finished = [], set(), skip
-    started = time.monotonic()
-    with tqdm.tqdm(total=total, initial=sum(len(c) for c in chunks[:skip]), unit="rows",
-                   desc=label, file=sys.stderr, disable=None) as bar, \
-            concurrent.futures.ThreadPoolExecutor(connections) as pool:
-        futures = {pool.submit(work, chunk): i for i, chunk in enumerate(chunks) if i >= skip}
-        for future in concurrent.futures.as_completed(futures):
-            index = futures[future]
-            failures += future.result()
-            bar.update(len(chunks[index]))
-            done.add(index)
-            while finished in done:
-                finished += 1
-            if on_done:
-                on_done(finished)
-    seconds = max(time.monotonic() - started, 1e-9)
-    rows = sum(len(c) for c in chunks[skip:])
-    print("%s: %d rows in %.1f s = %.0f rows/s, %d failed" % (label, rows, seconds, rows / seconds,
-                                                            len(failures)), file=sys.stderr)
-    return failures
+def _transient(failures) -> bool:
+    """True when a batch's failures hold one the service may not repeat (no
+    answer, or a 5xx such as a partition down): its batch is sent again."""
+    return any(not status or status >= 500 for _, status, _ in failures)
+
+
+def _file_rows(args) -> list:
+    fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".json")) else "tsv")
+    if fmt == "tsv":
+        return [(k, v, None) for k, v in read_tsv(args.file, numbers=not args.text)]
+    return jsonl_rows(args.file)
 
 
 def cmd_load(store, args, rows=None) -> int:
+    """Send ``rows`` [(key, value bytes, expires or None)] (default: those of
+    ``args.file``) in batches; resumable through a :class:`ResumeState`
+    (not for stdin), which records exactly the batches acknowledged.
+    Ctrl-C stops after the requests in flight (exit 130, the resume file kept)."""
     if rows is None:
-        fmt = args.format or ("jsonl" if args.file.endswith((".jsonl", ".json")) else "tsv")
-        if fmt == "tsv":
-            rows = [(k, v, None) for k, v in read_tsv(args.file)]
-        else:
-            rows = _jsonl_rows(args.file)
+        rows = _file_rows(args)
     chunks = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
     loader = Loader(args)
-    state_path, skip = None, 0
+    state, done = None, set()
     if getattr(args, "file", None) and args.file != "-":
-        state_path = _state_path(args)
         identity = "%s %d" % (os.path.abspath(args.file), os.path.getsize(args.file))
-        if os.path.exists(state_path):
-            with open(state_path) as f:
-                saved = json.load(f)
-            if saved.get("file") == identity:
-                skip = saved["batches_done"]
-                print("load: resuming after %d rows" % min(skip * BATCH, len(rows)), file=sys.stderr)
+        state = ResumeState(_state_path(args), identity, BATCH)
+        done = state.load()
+        if done:
+            sent = sum(len(chunks[i]) for i in done if i < len(chunks))
+            print("load: resuming: %d of %d rows were acknowledged before; sending the other %d"
+                  % (sent, len(rows), len(rows) - sent), file=sys.stderr)
+    resend = set()
 
-        def save(finished):
-            with open(state_path + ".tmp", "w") as f:
-                json.dump({"file": identity, "batches_done": finished}, f)
-            os.replace(state_path + ".tmp", state_path)
-    failures = run_chunks("load", chunks, loader.put, args.connections, skip,
-                    save if state_path else None)
-    if state_path and os.path.exists(state_path):
-        os.remove(state_path)      # every batch was sent: a rerun starts over (failed rows too)
+    def on_done(index, failures):
+        if _transient(failures):
+            resend.add(index)
+        elif state is not None:
+            state.add(index)
+    try:
+        failures = run_chunks("load", chunks, loader.put, args.connections, done, on_done)
+    except Interrupted as e:
+        sent = sum(len(chunks[i]) for i in e.done)
+        print("load: interrupted: %d of %d rows acknowledged%s" % (
+            sent, len(rows), "; run the same command again to send the other %d (resume file %s)"
+            % (len(rows) - sent, state.path) if state else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KVError:
+        if state is not None:
+            print("load: stopped; run the same command again to send what was not acknowledged "
+                  "(resume file %s)" % state.path, file=sys.stderr)
+        raise
+    if state is not None:
+        if resend:
+            print("load: %d batches had failures that may pass on a retry; run the same command "
+                  "again to send them again (resume file %s)" % (len(resend), state.path),
+                  file=sys.stderr)
+        else:
+            state.remove()     # every batch was sent: a rerun starts over (failed rows too)
     if args.verify:
-        failures += run_chunks("verify", chunks, loader.check, args.connections)
-        failures += _check_listing(store, rows, args)
+        try:
+            failures += run_chunks("verify", chunks, loader.check, args.connections)
+            failures += _check_listing(store, rows, args)
+        except Interrupted:
+            print("verify: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
     for key, status, message in failures[:10]:
         print("failed: %r -> %s %s" % (key, status, message or ""), file=sys.stderr)
     return _summary(args, rows, failures, loader.expired)
@@ -210,6 +168,8 @@ def _summary(args, rows, failures, expired) -> int:
 
 
 def _check_listing(store, rows, args):
+    """Walk the listing: every row's key once, in byte order; the problems
+    found as failures [(key, status, message)]."""
     started, seen = time.monotonic(), []
     with tqdm.tqdm(total=len(rows), unit="keys", desc="list", file=sys.stderr,
                    disable=None) as bar:
@@ -232,33 +192,8 @@ def _check_listing(store, rows, args):
     return problems
 
 
-def cmd_dump(store, args) -> int:
-    """Write every live key as a JSON line: ``{"key", "value", "encoding"}``
-    and ``"expires"`` (RFC 3339 UTC) when the key has one: everything a client
-    can set, so that ``kv restore`` of the dump gives the same keys back."""
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    count, without_expiry = 0, 0
-    try:
-        for page in store.pages(values=True):
-            for item in page["items"]:
-                doc = {"key": item["key"], "value": item["value"], "encoding": item["encoding"]}
-                if item.get("expires"):
-                    doc["expires"] = item["expires"]
-                without_expiry += "expires" not in item
-                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
-                count += 1
-    finally:
-        if args.output:
-            out.close()
-    if without_expiry:
-        print("dump: warning: the server's listing does not say when keys expire, so %d keys "
-              "will not expire once restored" % without_expiry, file=sys.stderr)
-    print("dump: %d keys" % count, file=sys.stderr)
-    return EXIT_OK
-
-
 def cmd_restore(store, args) -> int:
     """Load a ``kv dump``: each key with its value and, when it has an expiry,
     the TTL left (rounded up) when it is sent; keys already expired then are
     skipped and counted."""
-    return cmd_load(store, args, _jsonl_rows(args.file))
+    return cmd_load(store, args, jsonl_rows(args.file))

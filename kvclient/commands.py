@@ -1,5 +1,5 @@
 """This module provides the single-key commands of ``kv`` (get, set, create,
-delete, ls), the cross-bucket ones (buckets, across), the exit codes every
+delete, ls), the cross-bucket ones (buckets, across), health, the exit codes every
 command returns, :func:`open_store`, and the output helpers that the bulk
 and administration commands (:mod:`kvclient.bulk`, :mod:`kvclient.admin`) share.
 
@@ -12,12 +12,14 @@ import base64
 import json
 import sys
 
-from kvclient.records import Record
-from kvclient.store import connect
+from kvclient.records import Record, format_time
+from kvclient.store import PAGE, connect
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 EXIT_UNAUTHORIZED, EXIT_FORBIDDEN = 5, 6
 EXIT_DENIED = 1                  # kv check: the request would be denied
+EXIT_INTERRUPTED = 130           # Ctrl-C: 128 + SIGINT, as shells report it
+EXIT_BROKEN_PIPE = 141           # the reader of stdout went away: 128 + SIGPIPE, as for cat
 
 
 def open_store(args):
@@ -37,15 +39,16 @@ def value_text(value: bytes) -> str:
 
 
 def record_json(record: Record) -> dict:
+    """A record as ``kv --json`` prints it: API.md's JSON record (times
+    written as the API writes them, ``...Z``) with its ``etag``."""
     try:
         value, encoding = record.value.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         value, encoding = base64.b64encode(record.value).decode("ascii"), "base64"
     return {"key": record.key, "value": value, "encoding": encoding, "version": record.version,
             "etag": record.etag,
-            "created": record.created.isoformat() if record.created else None,
-            "modified": record.modified.isoformat(),
-            "expires": record.expires.isoformat() if record.expires else None}
+            "created": format_time(record.created), "modified": format_time(record.modified),
+            "expires": format_time(record.expires)}
 
 
 def print_json(doc) -> None:
@@ -64,10 +67,16 @@ def _value_of(args) -> bytes:
 
 
 def cmd_get(store, args) -> int:
+    """Print the value as its exact bytes; on a terminal, a newline is added
+    after a value that does not end with one (so the prompt starts on its
+    own line).  With --json, the record."""
     if args.json:
         print_json(record_json(store.get_record(args.key)))
     else:
-        sys.stdout.buffer.write(store.get(args.key))
+        value = store.get(args.key)
+        if sys.stdout.isatty() and not value.endswith(b"\n"):
+            value += b"\n"
+        sys.stdout.buffer.write(value)
         sys.stdout.buffer.flush()
     return EXIT_OK
 
@@ -100,10 +109,15 @@ def cmd_delete(store, args) -> int:
 
 
 def cmd_ls(store, args) -> int:
-    for page in store.pages(args.prefix, args.delimiter, values=args.values):
+    """Print the keys (and rolled-up prefixes), at most ``--limit`` of them."""
+    left = args.limit
+    page_size = min(left or PAGE, PAGE)
+    for page in store.pages(args.prefix, args.delimiter, values=args.values, limit=page_size):
         entries = [("key", item) for item in page["items"]] + \
                   [("prefix", p) for p in page["prefixes"]]
         entries.sort(key=lambda e: (e[1]["key"] if e[0] == "key" else e[1]).encode("utf-8"))
+        if left is not None:
+            entries, left = entries[:left], left - len(entries[:left])
         for kind, entry in entries:
             if args.json:
                 print_json(entry if kind == "key" else {"prefix": entry})
@@ -119,7 +133,26 @@ def cmd_ls(store, args) -> int:
                 print("\t".join(fields))
             else:
                 print(entry["key"])
+        if left == 0:
+            break
     return EXIT_OK
+
+
+def cmd_health(store, args) -> int:
+    """Print each partition and its status, then the service's; exit 4
+    (unavailable) when the service is degraded (a partition down)."""
+    report = store.health()
+    if args.json:
+        print_json(report)
+    else:
+        for partition in report["partitions"]:
+            print("%s\t%s\t%s" % (partition.get("name"), partition.get("engine"),
+                                  "up" if partition.get("up") else
+                                  "DOWN: %s" % (partition.get("reason") or "unreachable")))
+        if not report["partitions"]:
+            print("(the service shows partition details only without authentication)")
+        print("status: %s" % report["status"])
+    return EXIT_OK if report["status"] == "ok" else EXIT_UNAVAILABLE
 
 
 def cmd_buckets(store, args) -> int:

@@ -1,13 +1,14 @@
 """This module provides :class:`Record`, one key as the server holds it, and
-the decoding of API.md's JSON records (:func:`decode_value`, :func:`parse_time`).
+the decoding of API.md's JSON records (:func:`decode_value`, :func:`parse_time`)
+and the writing of its times (:func:`format_time`).
 """
 
 import base64
 import dataclasses
 import datetime
-from typing import Optional
+from typing import Optional, Union
 
-__all__ = ["Record", "decode_value", "parse_time"]
+__all__ = ["Record", "decode_value", "parse_time", "format_time"]
 
 
 def parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
@@ -16,6 +17,18 @@ def parse_time(text: Optional[str]) -> Optional[datetime.datetime]:
         return None
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc)
+
+
+def format_time(moment: Union[None, str, datetime.datetime]) -> Optional[str]:
+    """A time as API.md writes times (RFC 3339 UTC with microseconds and
+    ``Z``: ``2026-11-22T10:00:00.123456Z``), the inverse of :func:`parse_time`:
+    a datetime is converted (a naive one is taken as UTC), a str is kept as it
+    is, None stays None."""
+    if isinstance(moment, datetime.datetime):
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(datetime.timezone.utc)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment
 
 
 def decode_value(item: dict) -> bytes:

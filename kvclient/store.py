@@ -31,11 +31,11 @@ import time
 from typing import Iterator, List, Optional, Tuple, Union
 
 import requests
-import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.util.retry import Retry
 
+from kvclient.connection import authorization, service_url
 from kvclient.errors import Indeterminate, NotFound, Unavailable, error_for
 from kvclient.records import Record, decode_value
 from kvclient.tenants import TenantsMixin, quote_key, segment
@@ -70,7 +70,8 @@ def _bytes(value: Union[str, bytes]) -> bytes:
 def connect(url: str, timeout: float = 10.0, retries: int = 3, *, bucket: Optional[str] = None,
             token: Optional[str] = None, user: Optional[str] = None,
             password: Optional[str] = None, app: Optional[str] = None) -> "Store":
-    """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``).
+    """Open a store on the service at ``url`` (e.g. ``http://127.0.0.1:8080``;
+    without a scheme, ``http://`` is assumed: ``localhost:8080``).
 
     :param float timeout: seconds to wait for a connection and for each answer.
     :param int retries: retries per call (0 for none), as the module docstring says.
@@ -83,35 +84,11 @@ def connect(url: str, timeout: float = 10.0, retries: int = 3, *, bucket: Option
     :param str app: the application id ``token`` belongs to; only recorded
         (``store.app``), for :meth:`Store.start_session`.
     :returns: :class:`Store` (nothing is sent until the first call).
-    :raises ValueError: when both a token and a user are given, or a password without a user.
+    :raises ValueError: when both a token and a user are given, or a password
+        without a user, or the URL is unusable (:func:`kvclient.connection.service_url`).
     """
     return Store(url, timeout, retries, bucket=bucket, token=token, user=user, password=password,
                  app=app)
-
-
-class _Authorization(requests.auth.AuthBase):
-    """Sets one ``Authorization`` header on every request (and keeps requests
-    from looking in ~/.netrc, or encoding a Basic password as Latin-1)."""
-
-    def __init__(self, value: str):
-        self.value = value
-
-    def __call__(self, request):
-        request.headers["Authorization"] = self.value
-        return request
-
-
-def _authorization(token, user, password) -> Optional[_Authorization]:
-    if token is not None and user is not None:
-        raise ValueError("give a token or a user and password, not both")
-    if user is None and password is not None:
-        raise ValueError("a password needs a user")
-    if token is not None:
-        return _Authorization("Bearer " + token)
-    if user is not None:
-        pair = ("%s:%s" % (user, password or "")).encode("utf-8")
-        return _Authorization("Basic " + base64.b64encode(pair).decode("ascii"))
-    return None
 
 
 class Store(TenantsMixin):
@@ -131,13 +108,13 @@ class Store(TenantsMixin):
                  bucket: Optional[str] = None, token: Optional[str] = None,
                  user: Optional[str] = None, password: Optional[str] = None,
                  app: Optional[str] = None):
-        self.url = url.rstrip("/")
+        self.url = service_url(url)
         self.timeout, self.retries = timeout, retries
         self.bucket, self.app, self.user = bucket, app, user
         self._token = token
         self._keys = "/keys" if bucket is None else "/buckets/%s/keys" % segment(bucket)
         self.session = requests.Session()
-        self.session.auth = _authorization(token, user, password)
+        self.session.auth = authorization(token, user, password)
         # urllib3 retries connection failures of every method, and GET and HEAD
         # after a 503 or a lost answer; _write retries the writes itself.
         retry = Retry(total=retries, connect=retries, read=retries, status=retries,
@@ -417,19 +394,51 @@ class Store(TenantsMixin):
     def batch(self, ops: List[dict]) -> List[dict]:
         """POST /batch (API.md): at most 1000 ops; returns one result dict per op.
 
-        Not retried once sent.  Per-op failures are results, not exceptions.
-        On a store opened with a ``bucket``, an op without ``"bucket"`` gets it.
+        An op is API.md's dict (``{"op": "put", "key": "a", "value": ...}``,
+        ``{"op": "get", "key": "b"}``, ``{"op": "delete", "key": "c"}``);
+        a put's ``value`` may be bytes (sent as base64) or str (sent as
+        UTF-8, or as its ``encoding`` says).  On a store opened with a
+        ``bucket``, an op without ``"bucket"`` gets it.
+
+        A result is ``{"status": int}`` plus ``"record"``, a :class:`Record`
+        (its ``value`` bytes, as :meth:`get` returns; ``etag`` None: batch
+        results carry none), or ``"error"``, API.md's error dict
+        (``status``, ``code``, ``message``).  Per-op failures are results,
+        not exceptions.  Not retried once sent.
 
         :raises BadRequest: for a malformed batch (nothing was applied).
         :raises Indeterminate: when the answer was lost (some ops may have been applied).
         """
-        if self.bucket is not None:
-            ops = [op if "bucket" in op else dict(op, bucket=self.bucket) for op in ops]
+        ops = [self._batch_op(op) for op in ops]
         response = self._request("POST", "/batch", json={"ops": ops},
                                  headers={"Accept": "application/json"})
-        return response.json()["results"]
+        results = []
+        for result in response.json()["results"]:
+            result = dict(result)
+            if result.get("record") is not None:
+                result["record"] = Record.from_json(result["record"])
+            results.append(result)
+        return results
+
+    def _batch_op(self, op: dict) -> dict:
+        """``op`` as sent: the store's bucket added, a bytes value as base64."""
+        if self.bucket is not None and "bucket" not in op:
+            op = dict(op, bucket=self.bucket)
+        if isinstance(op.get("value"), (bytes, bytearray, memoryview)):
+            op = dict(op, value=base64.b64encode(op["value"]).decode("ascii"), encoding="base64")
+        return op
 
     def health(self) -> dict:
-        """The /health report (also when some partition is down)."""
-        return self._request("GET", "/health", ok=(200, 503)).json()
-
+        """The /health report (also when some partition is down): ``{"status":
+        "ok" or "degraded", "partitions": [{"name", "engine", "up", "reason"}]}``.
+        With authentication on, the service says only the status (API.md):
+        ``partitions`` is then an empty list."""
+        response = self._request("GET", "/health", ok=(200, 503))
+        try:
+            report = response.json()
+        except ValueError:
+            report = {}
+        if not isinstance(report, dict) or "status" not in report:
+            report = {"status": "ok" if response.status_code == 200 else "degraded"}
+        report.setdefault("partitions", [])
+        return report

@@ -19,7 +19,7 @@ import datetime
 import urllib.parse
 from typing import Iterator, Optional, Tuple, Union
 
-from kvclient.records import Record, parse_time
+from kvclient.records import Record, format_time, parse_time
 
 __all__ = ["TenantsMixin", "segment", "quote_key", "format_time"]
 
@@ -43,16 +43,6 @@ def quote_key(key: Union[str, bytes]) -> str:
     if isinstance(key, bytes):
         key = key.decode("utf-8")
     return urllib.parse.quote(key, safe="").replace(".", "%2E")
-
-
-def format_time(value: Union[None, str, datetime.datetime]) -> Optional[str]:
-    """An expiry as API.md writes times (RFC 3339 UTC with microseconds): a
-    datetime (naive means UTC) is converted, a str is sent as it is, None stays None."""
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc)
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value
 
 
 def _parse_expiry(text: Optional[str]):

@@ -99,7 +99,8 @@ class CommandLineTest(unittest.TestCase):
                        "batches_done": 2}, f)
         code, out, err = kv("load", path, "--state", state)
         self.assertEqual(code, 0, err)
-        self.assertIn(b"resuming after 2000 rows", err)
+        self.assertIn(b"resuming: 2000 of 2500 rows were acknowledged before; sending the other 500",
+                      err)
         keys = kvclient.connect(Service.start().url).keys()
         self.assertEqual(keys, ["pkg%04d" % i for i in range(2000, 2500)])
         self.assertFalse(os.path.exists(state))
