@@ -16,9 +16,12 @@ against the routes and against a running service.
   the service are written up in ../drafts/schemathesis-findings.md.
 
 Bounded: ``KV_OPENAPI_EXAMPLES`` examples per operation and data mode
-(default 12; 4 in the auth run), derandomized (the same cases every run;
+(default 10; a third of that in the auth run,
+and 2 for the administration routes while authentication is off), derandomized (the same cases every run;
 ``KV_OPENAPI_SEED=N`` explores other ones), and a time budget per run after
-which each remaining operation gets 2 examples.
+which each remaining operation gets 2 examples (``KV_OPENAPI_BUDGET``, 80 s;
+half of it in the auth run).  ``KV_OPENAPI_VERBOSE=1``
+prints the status codes each operation answered.
 """
 
 import json
@@ -210,12 +213,16 @@ class DocumentTest(unittest.TestCase):
 
 #: Known service bugs, each written up in ../drafts/schemathesis-findings.md:
 #: (operation label, a substring of the failure) -> the finding's title.
+#: (None open: finding 1, /health's empty JSON body with authentication on, is fixed.)
 KNOWN_BUGS = {}
 
 
-def run_operations(url, document, examples, budget_seconds, headers=None, skip_paths=()):
+def run_operations(url, document, examples, budget_seconds, headers=None, skip_paths=(),
+                   light_prefixes=()):
     """Run schemathesis's checks on every operation of ``document`` against
-    ``url``: ``examples`` positive and as many negative cases each.
+    ``url``: ``examples`` positive and as many negative cases each (2 for
+    the paths that start with one of ``light_prefixes``, and for all once
+    ``budget_seconds`` are spent).
 
     :returns: (list of (operation label, mode, failure text), number of requests sent,
         list of notes).
@@ -231,7 +238,7 @@ def run_operations(url, document, examples, budget_seconds, headers=None, skip_p
               response_schema_conformance]
     schema = schemathesis.openapi.from_dict(document)
     seed = os.environ.get("KV_OPENAPI_SEED")
-    failures, notes, sent = [], [], [0]
+    failures, notes, sent, seen = [], [], [0], {}
     start = time.monotonic()
     session = requests.Session()
     for result in schema.get_all_operations():
@@ -242,9 +249,10 @@ def run_operations(url, document, examples, budget_seconds, headers=None, skip_p
         if late and not notes:
             notes.append("time budget of %d s spent at %s: 2 examples per operation from "
                          "there on" % (budget_seconds, operation.label))
+        light = late or operation.path.startswith(tuple(light_prefixes))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             settings = hypothesis.settings(
-                max_examples=2 if late else examples, deadline=None, database=None,
+                max_examples=2 if light else examples, deadline=None, database=None,
                 derandomize=seed is None, print_blob=False,
                 phases=(hypothesis.Phase.explicit, hypothesis.Phase.generate),
                 suppress_health_check=list(hypothesis.HealthCheck))
@@ -254,6 +262,7 @@ def run_operations(url, document, examples, budget_seconds, headers=None, skip_p
             def check(case):
                 response = case.call(base_url=url, session=session, headers=headers, timeout=30)
                 sent[0] += 1
+                seen.setdefault(operation.label, set()).add(response.status_code)
                 case.validate_response(response, checks=checks, headers=headers)
             if seed is not None:
                 check = hypothesis.seed(int(seed))(check)
@@ -262,6 +271,8 @@ def run_operations(url, document, examples, budget_seconds, headers=None, skip_p
             except (Exception, BaseExceptionGroup) as e:  # noqa: B036 a FailureGroup
                 failures.append((operation.label, mode.value, str(e)))
     session.close()
+    if os.environ.get("KV_OPENAPI_VERBOSE"):
+        notes += ["%s: %s" % (label, sorted(codes)) for label, codes in seen.items()]
     return failures, sent[0], notes
 
 
@@ -280,8 +291,10 @@ class LiveService:
     """setUpClass: the shared MariaDB servers emptied, ``python controller.py``
     on them (``extra`` configuration), a few records to find."""
     extra = ""
-    examples = int(os.environ.get("KV_OPENAPI_EXAMPLES", "12"))
-    budget_seconds = 100
+    examples = int(os.environ.get("KV_OPENAPI_EXAMPLES", "10"))
+    budget_seconds = int(os.environ.get("KV_OPENAPI_BUDGET", "80"))
+    #: Paths that get 2 examples (with authentication off they all answer 404).
+    light_prefixes = ("/auth/", "/sessions")
 
     @classmethod
     def setUpClass(cls):
@@ -323,7 +336,7 @@ class LiveService:
         answer = requests.get(self.url + "/openapi.json", timeout=30)
         self.assertEqual(answer.status_code, 200)
         self.assertEqual(answer.headers["Content-Type"], "application/json")
-        self.assertEqual(answer.json(), load_document())
+        self.assertTrue(answer.json() == load_document(), "the served document is not the file")
         again = requests.get(self.url + "/openapi.json", timeout=30,
                              headers={"If-None-Match": answer.headers["ETag"]})
         self.assertEqual((again.status_code, again.content), (304, b""))
@@ -334,13 +347,17 @@ class LiveService:
         skipped = self.placeholders()
         failures, sent, notes = run_operations(
             self.url, load_document(), self.examples, self.budget_seconds,
-            headers=self.headers or None, skip_paths=skipped)
+            headers=self.headers or None, skip_paths=skipped, light_prefixes=self.light_prefixes)
         for note in notes + ["left out (placeholder 404): %s" % p for p in skipped]:
             print("\n%s: %s" % (type(self).__name__, note), file=sys.stderr)
         self.assertGreater(sent, 100)
         health = requests.get(self.url + "/health", timeout=30)
         self.assertEqual(health.status_code, 200, "a partition went down during the run")
         new = unknown(failures)
+        for label, mode, _ in failures:
+            if (label, mode, _) not in new:
+                print("\n%s: known bug still there (see KNOWN_BUGS): %s, %s data"
+                      % (type(self).__name__, label, mode), file=sys.stderr)
         self.assertEqual(new, [], "schemathesis found %d failures (%d requests):\n%s"
                          % (len(new), sent, report(new)))
 
@@ -354,7 +371,8 @@ class AuthSchemathesisTest(LiveService, unittest.TestCase):
     administration routes too; anonymous GET /openapi.json works."""
     extra = AUTH_ON
     examples = max(2, LiveService.examples // 3)
-    budget_seconds = 50
+    budget_seconds = LiveService.budget_seconds // 2
+    light_prefixes = ()
 
     @classmethod
     def credentials(cls):
