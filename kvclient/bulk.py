@@ -14,7 +14,7 @@ import tqdm
 
 from kvclient.commands import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, open_store, print_json
 from kvclient.errors import KVError, NotFound
-from kvclient.pipeline import Interrupted, ResumeState, run_chunks
+from kvclient.pipeline import Interrupted, ResumeState, identity, run_chunks
 from kvclient.rows import jsonl_rows, read_tsv, ttl_of
 
 BATCH = 1000
@@ -104,15 +104,15 @@ def cmd_load(store, args, rows=None) -> int:
         rows = _file_rows(args)
     chunks = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
     loader = Loader(args)
+    label = getattr(args, "command", None) or "load"
     state, done = None, set()
     if getattr(args, "file", None) and args.file != "-":
-        identity = "%s %d" % (os.path.abspath(args.file), os.path.getsize(args.file))
-        state = ResumeState(_state_path(args), identity, BATCH)
+        state = ResumeState(_state_path(args), identity(args.file), BATCH)
         done = state.load()
         if done:
             sent = sum(len(chunks[i]) for i in done if i < len(chunks))
-            print("load: resuming: %d of %d rows were acknowledged before; sending the other %d"
-                  % (sent, len(rows), len(rows) - sent), file=sys.stderr)
+            print("%s: resuming: %d of %d rows were acknowledged before; sending the other %d"
+                  % (label, sent, len(rows), len(rows) - sent), file=sys.stderr)
     resend = set()
 
     def on_done(index, failures):
@@ -121,22 +121,23 @@ def cmd_load(store, args, rows=None) -> int:
         elif state is not None:
             state.add(index)
     try:
-        failures = run_chunks("load", chunks, loader.put, args.connections, done, on_done)
+        failures = run_chunks(label, chunks, loader.put, args.connections, done, on_done)
     except Interrupted as e:
         sent = sum(len(chunks[i]) for i in e.done)
-        print("load: interrupted: %d of %d rows acknowledged%s" % (
-            sent, len(rows), "; run the same command again to send the other %d (resume file %s)"
-            % (len(rows) - sent, state.path) if state else ""), file=sys.stderr)
+        resume = ("; run the same command again to send the other %d (resume file %s)"
+                  % (len(rows) - sent, state.path) if state else "")
+        print("%s: interrupted: %d of %d rows acknowledged%s" % (label, sent, len(rows), resume),
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     except KVError:
         if state is not None:
-            print("load: stopped; run the same command again to send what was not acknowledged "
-                  "(resume file %s)" % state.path, file=sys.stderr)
+            print("%s: stopped; run the same command again to send what was not acknowledged "
+                  "(resume file %s)" % (label, state.path), file=sys.stderr)
         raise
     if state is not None:
         if resend:
-            print("load: %d batches had failures that may pass on a retry; run the same command "
-                  "again to send them again (resume file %s)" % (len(resend), state.path),
+            print("%s: %d batches had failures that may pass on a retry; run the same command "
+                  "again to send them again (resume file %s)" % (label, len(resend), state.path),
                   file=sys.stderr)
         else:
             state.remove()     # every batch was sent: a rerun starts over (failed rows too)

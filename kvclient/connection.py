@@ -49,7 +49,8 @@ def service_url(text: str) -> str:
         if port == 0:
             problem = "its port is not a number from 1 to 65535"
     if problem:
-        raise ValueError("unusable service URL %r: %s (e.g. http://127.0.0.1:8080)" % (text, problem))
+        raise ValueError("unusable service URL %r: %s (e.g. http://127.0.0.1:8080)"
+                         % (text, problem))
     return url.rstrip("/")
 
 

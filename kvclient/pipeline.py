@@ -29,7 +29,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Set
 
 import tqdm
 
-__all__ = ["Interrupted", "ResumeState", "run_chunks"]
+__all__ = ["Interrupted", "ResumeState", "identity", "run_chunks"]
 
 
 class Interrupted(Exception):
@@ -141,16 +141,23 @@ def run_chunks(label: str, chunks: Sequence[Sequence], work: Callable[[Sequence]
     return failures
 
 
+def identity(path: str) -> str:
+    """What a resume file names its input by: ``ABSPATH SIZE MTIME_NS`` (a
+    file rewritten since, even at the same size, is another input)."""
+    status = os.stat(path)
+    return "%s %d %d" % (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+
+
 class ResumeState:
     """The resume file of a load: which batches of which input file the
     service acknowledged, rewritten (atomically: a temporary file, then a
     rename) after each answer.
 
-    Its JSON: ``{"file": "ABSPATH SIZE", "batch": 1000, "done": [[start,
-    end], ...]}``, ``done`` the acknowledged batch indexes as half-open
-    ranges.  A file that is for another input (path, size or batch size
-    differ) is ignored.  The earlier form ``{"file", "batches_done": N}``
-    (the first N batches) is read too.
+    Its JSON: ``{"file": IDENTITY, "batch": 1000, "done": [[start, end],
+    ...]}``, ``done`` the acknowledged batch indexes as half-open ranges;
+    IDENTITY is :func:`identity` of the input.  A resume file for another
+    input (the path, size, modification time or batch size differ, or the
+    form of an earlier version of kv) is ignored, and said so on stderr.
     """
 
     def __init__(self, path: str, identity: str, batch: int):
@@ -167,12 +174,12 @@ class ResumeState:
         except ValueError:
             raise SystemExit("kv: the resume file %s is damaged; remove it to start over"
                              % self.path)
-        if saved.get("file") != self.identity or saved.get("batch", self.batch) != self.batch:
+        if not isinstance(saved, dict) or saved.get("file") != self.identity \
+                or saved.get("batch") != self.batch or "done" not in saved:
+            print("load: the resume file %s is for another input (or an older kv): "
+                  "starting over" % self.path, file=sys.stderr)
             return set()
-        if "batches_done" in saved:
-            self.done = set(range(int(saved["batches_done"])))
-        else:
-            self.done = {i for start, end in saved.get("done", []) for i in range(start, end)}
+        self.done = {i for start, end in saved["done"] for i in range(start, end)}
         return set(self.done)
 
     def add(self, index: int) -> None:

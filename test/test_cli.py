@@ -16,7 +16,7 @@ from unittest import mock
 import dbservers
 import kvclient
 from client_service import Service
-from kvclient import bulk
+from kvclient import bulk, pipeline
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                     "shared", "data", "npm-packages.tsv")
@@ -95,8 +95,7 @@ class CommandLineTest(unittest.TestCase):
             f.write("name\tversion\n" + "".join("pkg%04d\t1.0.%d\n" % (i, i) for i in range(2500)))
         state = os.path.join(self.dir, "state")
         with open(state, "w") as f:      # as left by a load interrupted after two batches
-            json.dump({"file": "%s %d" % (os.path.abspath(path), os.path.getsize(path)),
-                       "batches_done": 2}, f)
+            json.dump({"file": pipeline.identity(path), "batch": 1000, "done": [[0, 2]]}, f)
         code, out, err = kv("load", path, "--state", state)
         self.assertEqual(code, 0, err)
         self.assertIn(b"resuming: 2000 of 2500 rows were acknowledged before; sending the other 500",

@@ -20,7 +20,7 @@ import unittest
 
 import kvclient
 from client_service import Service
-from kvclient import rows
+from kvclient import pipeline, rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
@@ -78,6 +78,39 @@ class FieldRuleTest(unittest.TestCase):
             converted += sum(not isinstance(doc[name], str) for name in header[1:])
         self.assertEqual(len(source), 226974)
         self.assertGreater(converted, 226000)         # downloads_a_month, a number
+
+
+class PipelineTest(unittest.TestCase):
+    """run_chunks and the resume file without a service."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="kv-pipeline-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def test_an_error_stops_the_run_and_the_resume_file_holds_exactly_what_returned(self):
+        source = os.path.join(self.dir, "input")
+        with open(source, "w") as f:
+            f.write("x")
+        state = pipeline.ResumeState(os.path.join(self.dir, "state"), pipeline.identity(source), 2)
+        chunks = [[("k%d" % i, b"v", None)] * 2 for i in range(8)]
+        sent = []
+
+        def work(chunk):
+            if chunk[0][0] == "k5":
+                raise kvclient.Unavailable(0, "no_connection", "down")
+            sent.append(chunk[0][0])
+            return [] if chunk[0][0] != "k1" else [("k1", 400, "bad")]
+        with self.assertRaises(kvclient.Unavailable):
+            pipeline.run_chunks("t", chunks, work, 1, done={2},
+                                on_done=lambda index, failures: state.add(index))
+        self.assertEqual(sent, ["k0", "k1", "k3", "k4"])            # none after the error
+        again = pipeline.ResumeState(state.path, pipeline.identity(source), 2)
+        self.assertEqual(again.load(), {0, 1, 3, 4})
+        with open(state.path) as f:
+            self.assertEqual(json.load(f)["done"], [[0, 2], [3, 5]])
+        os.utime(source, ns=(0, 0))                          # the input changed: start over
+        self.assertEqual(pipeline.ResumeState(state.path, pipeline.identity(source), 2).load(),
+                         set())
 
 
 def kv(*args, url=None, **kwargs):
