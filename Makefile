@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 URL    ?= http://127.0.0.1:8080
 DATA   ?= ../shared/data/npm-packages.tsv
 
-.PHONY: help install run test faults load schema mariadb faketime chromium screenshots bench clean
+.PHONY: help install serve run test faults load schema mariadb faketime chromium screenshots bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 16
@@ -38,6 +38,12 @@ mariadb:
 faketime:
 	@command -v faketime >/dev/null 2>&1 || \
 	  { $(APT) update -q && $(APT) install -y -q faketime; }
+
+# The production start command (README "Running in production"): granian,
+# workers respawned when they die, /metrics summed over the workers.
+WORKERS ?= 2
+serve: $(STAMP)  ## serve on LISTEN with the production server (python -m kv.serve, granian, WORKERS=2)
+	$(PY) -m kv.serve --workers $(WORKERS) $(LISTEN)
 
 run: $(STAMP)  ## serve on 127.0.0.1:8080 (LISTEN=) with the development server (SQLite partitions)
 	$(PY) controller.py $(LISTEN)

@@ -36,6 +36,10 @@ _DENY_COVERS = {"list": ("list", "admin"), "read": ("read", "write", "admin"),
                 "write": ("write", "admin"), "admin": ("admin",)}
 _ALL, _EXACT, _PREFIX, _GENERAL = range(4)  # key pattern kinds
 _MEMO_ENTRIES = 16384  # decisions a RuleSet remembers (see RuleSet.authorize)
+#: Reserved names a rule may name as its exact bucket: scopes of the service
+#: itself, not buckets (API.md "Metrics": ``read`` on ``_metrics`` may scrape
+#: GET /metrics).  Only a rule naming one exactly reaches it (``*`` does not).
+RESERVED_SCOPES = frozenset(("_metrics",))
 
 
 def _check_name(value, what: str, max_bytes: int) -> str:
@@ -127,7 +131,7 @@ def _check_principal(principal) -> None:
 def _check_bucket_selector(selector) -> None:
     if not isinstance(selector, str) or not selector:
         raise _bad("bucket", "must be a non-empty string")
-    if selector == "*":
+    if selector == "*" or selector in RESERVED_SCOPES:
         return
     plain = selector.replace("${user}", "u").replace("${app}", "a")
     if plain.endswith(":*"):
@@ -415,6 +419,8 @@ class RuleSet:
             lists = []
             for g in groups:
                 table, templates = g.levels[level]
+                if name in RESERVED_SCOPES:   # no ${user} may become a scope's name
+                    templates = ()
                 rules = table.get(name)
                 if rules:
                     lists.append(rules)
@@ -433,6 +439,8 @@ class RuleSet:
                 pick = _scan(lists, verb, app, key)
                 if pick is not None:
                     return pick.decision, keyfree
+        if bucket in RESERVED_SCOPES:         # reached by its exact name only
+            return _DEFAULT_DENY, keyfree
         for g in groups:
             keyfree = keyfree and g.star.keyfree
         pick = _scan([g.star for g in groups], verb, app, key)
@@ -447,7 +455,8 @@ class RuleSet:
         wins; no candidate is a denial.  A session needs both halves (user and
         app principals, same variables) allowed (Sauropod); its denial reports
         the denying half (the user's when both deny), its allowance the user
-        half's rule.  A reserved bucket (``_``...) is always denied.  A
+        half's rule.  A reserved bucket (``_``...) is always denied, but
+        for the :data:`RESERVED_SCOPES`, which only rules naming them reach.  A
         decision that no key pattern took part in is remembered for (caller,
         verb, bucket): up to 16384 of them, then the memo starts again.
 
@@ -464,7 +473,7 @@ class RuleSet:
             return decision
         if verb not in _ALLOW_COVERS:
             raise InvalidRequest("unknown verb %r (the verbs are %s)" % (verb, ", ".join(VERBS)))
-        if bucket.startswith("_"):
+        if bucket.startswith("_") and bucket not in RESERVED_SCOPES:
             return _DEFAULT_DENY
         keyfree = True
         for groups in self._halves(caller):

@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from kv.configuration import PartitionSettings
 from kv.errors import PartitionUnavailable
+from kv.metrics import count_partition_error, observe_query
 from kv.records import Record, now_us
 from kv.storage.transaction import Retry, Transaction
 
@@ -127,22 +128,29 @@ class Connection:
                                     down=mark_down)
 
     @contextlib.contextmanager
-    def _cursor(self, transaction: bool = False, stamp: bool = False, schema: bool = False):
+    def _cursor(self, transaction: bool = False, stamp: bool = False, schema: bool = False,
+                op: Optional[str] = None):
         """Yield a cursor; translate driver errors in this one place.
 
         With ``transaction``, the body runs between BEGIN and COMMIT and is
         rolled back on any exception; with ``stamp`` too, the transaction
         starts with ``STAMP`` (the shared lock of the change epoch), so its
         statements may use ``EPOCH``; ``schema``: on a connection without
-        the request timeouts.
+        the request timeouts.  Each use is timed (kv.metrics,
+        ``kv_partition_query_duration_seconds``, from checkout to release)
+        under ``op`` (default write for a transaction, schema, else read);
+        each failure is counted by kind (``kv_partition_errors_total``).
         """
         if time.monotonic() < self._down_until:
+            count_partition_error(self.name, "skipped")
             raise PartitionUnavailable([self.name], self._down_reason or "down",
                                        retry_after_seconds=self.settings.retry_interval_seconds)
+        started = time.perf_counter()
         try:
             conn = self._acquire(schema) if schema else self._acquire()
         except self.driver_errors as e:
             kind = self._classify(e)
+            count_partition_error(self.name, kind)
             raise self._unavailable(e, "cannot connect" if kind == "down" else _REASONS[kind],
                                     kind == "down") from e
         broken = False
@@ -162,19 +170,22 @@ class Connection:
             cursor.close()
         except self.driver_errors as e:
             kind = self._classify(e)
+            count_partition_error(self.name, kind)
             if kind == "retry":
                 raise Retry() from e
             broken = True
             raise self._unavailable(e, _REASONS[kind], kind == "down") from e
         finally:
             self._release(conn, broken)
+            observe_query(self.name, op or ("write" if transaction else "schema" if schema
+                                            else "read"), time.perf_counter() - started)
 
     def ping(self) -> None:
         """Check that the database answers.
 
         :raises PartitionUnavailable: when it does not.
         """
-        with self._cursor() as cursor:
+        with self._cursor(op="ping") as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchall()
 

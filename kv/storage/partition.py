@@ -151,7 +151,7 @@ class Partition(ReplicationCalls, Connection):
             params.append(end)
         sql += " ORDER BY k LIMIT %s"
         params.append(limit)
-        with self._cursor() as cursor:
+        with self._cursor(op="scan") as cursor:
             cursor.execute(self._sql(sql), params)
             return [(record_of(row), row[8]) for row in cursor.fetchall()]
 
@@ -202,7 +202,7 @@ class Partition(ReplicationCalls, Connection):
         now = self.clock()
         rows = min(WALK_ROWS, max(limit, 100))
         found: List[bytes] = []
-        with self._cursor() as cursor:
+        with self._cursor(op="scan") as cursor:
             while len(found) < limit:
                 walk, params = self._bucket_walk(start, inclusive, end, rows)
                 cursor.execute(self._sql(
@@ -239,7 +239,7 @@ class Partition(ReplicationCalls, Connection):
         :raises PartitionUnavailable: when the database does not answer.
         """
         found: List[Record] = []
-        with self._cursor() as cursor:
+        with self._cursor(op="scan") as cursor:
             while len(found) < limit:
                 walk, params = self._bucket_walk(start, inclusive, end, WALK_ROWS)
                 cursor.execute(self._sql(

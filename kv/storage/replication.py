@@ -96,7 +96,7 @@ class ReplicationCalls:
     def get_state(self, name: bytes) -> Optional[Tuple[bytes, int]]:
         """(value, updated_us) of a kv_sync_state row, or None; updated_us is
         the partition's clock (:meth:`clock_us`) when it was written."""
-        with self._cursor() as cursor:
+        with self._cursor(op="state") as cursor:
             cursor.execute(self._sql("SELECT value, updated_us FROM kv_sync_state WHERE name = %s"),
                            (name,))
             row = cursor.fetchone()
@@ -135,7 +135,7 @@ class ReplicationCalls:
 
         :raises PartitionUnavailable: when the database does not answer.
         """
-        with self._cursor() as cursor:
+        with self._cursor(op="state") as cursor:
             return self._clock(cursor)
 
     def close_epoch(self) -> int:

@@ -46,13 +46,13 @@ import sys
 import time
 
 from kv.errors import PartitionUnavailable
-from kv.sync.base import (EXPIRY_GRACE_SECONDS, LOCK, TOPOLOGY, WATERMARK, LeaseLost, Summary,
-                          Sync)
+from kv.sync.base import (EXPIRY_GRACE_SECONDS, LAST_PASS, LOCK, TOPOLOGY, WATERMARK, LeaseLost,
+                          Summary, Sync)
 from kv.sync.phases import converge_partition, purge
 from kv.sync.verify import verify
 
 __all__ = ["run", "Sync", "Summary", "LeaseLost", "verify", "LOCK", "TOPOLOGY", "WATERMARK",
-           "EXPIRY_GRACE_SECONDS"]
+           "LAST_PASS", "EXPIRY_GRACE_SECONDS"]
 
 
 def run(store, full=False, dry_run=False, check=False, only=None,
@@ -86,6 +86,11 @@ def run(store, full=False, dry_run=False, check=False, only=None,
         for name in sync.sources:
             converge_partition(sync, name)
         purge(sync)
+        if not dry_run and only is None:          # when a whole pass ended (metrics)
+            for name in sync.store.names:
+                if name not in sync.summary.skipped:
+                    sync.reach(name, sync.partition(name).set_state, LAST_PASS,
+                               sync.holder.encode())
     except LeaseLost as e:
         lost = e
         print("sync: pass stopped: %s" % e, file=sys.stderr)

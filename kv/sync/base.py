@@ -26,6 +26,9 @@ LOCK = b"lock"
 WATERMARK = b"epoch-watermark"
 #: Per partition: the partition list and replicas its rows last converged on.
 TOPOLOGY = b"topology"
+#: Per partition: the holder of the last pass that ran to its end; the row's
+#: updated_us is when (that partition's clock): kv_sync_last_pass_timestamp_seconds.
+LAST_PASS = b"last-pass"
 
 
 @dataclasses.dataclass
