@@ -16,7 +16,7 @@ against the routes and against a running service.
   the service are written up in ../drafts/schemathesis-findings.md.
 
 Bounded: ``KV_OPENAPI_EXAMPLES`` examples per operation and data mode
-(default 10; a third of that in the auth run,
+(default 15; a third of that in the auth run,
 and 2 for the administration routes while authentication is off), derandomized (the same cases every run;
 ``KV_OPENAPI_SEED=N`` explores other ones), and a time budget per run after
 which each remaining operation gets 2 examples (``KV_OPENAPI_BUDGET``, 80 s;
@@ -291,7 +291,7 @@ class LiveService:
     """setUpClass: the shared MariaDB servers emptied, ``python controller.py``
     on them (``extra`` configuration), a few records to find."""
     extra = ""
-    examples = int(os.environ.get("KV_OPENAPI_EXAMPLES", "10"))
+    examples = int(os.environ.get("KV_OPENAPI_EXAMPLES", "15"))
     budget_seconds = int(os.environ.get("KV_OPENAPI_BUDGET", "80"))
     #: Paths that get 2 examples (with authentication off they all answer 404).
     light_prefixes = ("/auth/", "/sessions")
@@ -342,6 +342,14 @@ class LiveService:
         self.assertEqual((again.status_code, again.content), (304, b""))
         self.assertEqual(requests.get(self.url + "/openapi.json?format=xml",
                                       timeout=30).status_code, 406)
+        browser = requests.get(self.url + "/openapi.json", timeout=30, headers={
+            "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"})
+        self.assertEqual((browser.status_code, browser.headers["Content-Type"]),
+                         (200, "application/json"))
+        refused = requests.get(self.url + "/openapi.json", timeout=30,
+                               headers={"Accept": "application/xml"})
+        self.assertEqual((refused.status_code, refused.headers["Content-Type"]),
+                         (406, "application/xml"))
 
     def test_schemathesis_finds_no_failure(self):
         skipped = self.placeholders()

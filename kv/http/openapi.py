@@ -5,9 +5,11 @@ runs schemathesis against a live service).
 
 The file is read and compacted once per process; every answer sends the
 same bytes with a strong ``ETag`` (a digest of them), and
-``If-None-Match`` gives 304.  The document is JSON only: ``Accept`` or
-``?format=`` asking for anything else is 406.  It needs no credentials
-(its guard allows everyone), as API.md "Authentication" says.
+``If-None-Match`` gives 304.  The document is JSON only, so it is answered
+whenever JSON is acceptable at all (a browser's ``Accept: text/html, ...,
+*/*;q=0.8`` gets it), and ``?format=`` or an ``Accept`` that rules JSON
+out gets 406.  It needs no credentials (its guard allows everyone), as
+API.md "Authentication" says.
 """
 
 import functools
@@ -16,17 +18,20 @@ import json
 import os
 from typing import Tuple
 
+import mimeparse
 import orjson
 import web
 
+from kv.errors import InvalidRequest
 from kv.http.bodies import etag_list
 from kv.http.errors import HTTPProblem
-from kv.http.negotiation import endpoint, negotiated_media
-from kv.http.representations import DOCUMENT, EMPTY
+from kv.http.negotiation import render_problem
+from kv.http.request import query
 from kv.records import weak_match
 
 #: The document's file: the one place the contract is written as OpenAPI.
 DOCUMENT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.json")
+MEDIA_TYPE = "application/json"
 
 
 def load_document(path: str = DOCUMENT_PATH) -> dict:
@@ -45,6 +50,21 @@ def _served() -> Tuple[bytes, str]:
     return body, '"%s"' % hashlib.sha256(body).hexdigest()[:32]
 
 
+def json_acceptable() -> bool:
+    """Whether this request may be answered with JSON: ``?format=json``, or
+    no ``?format=`` and an ``Accept`` that gives application/json a quality
+    above 0 (RFC 9110 section 12.5.1; none at all accepts anything).  The
+    processor has refused a malformed Accept or format already."""
+    fmt = query().get("format")
+    if fmt is not None:
+        return fmt == "json"
+    accept = web.ctx.env.get("HTTP_ACCEPT", "").strip()
+    try:
+        return not accept or mimeparse.quality(MEDIA_TYPE, accept.lower()) > 0
+    except (ValueError, mimeparse.MimeTypeParseException):
+        return False
+
+
 class OpenAPIDocument:
     """/openapi.json: GET the OpenAPI 3.1 document (application/json)."""
 
@@ -54,17 +74,19 @@ class OpenAPIDocument:
     def guard(access, method):
         pass
 
-    @endpoint(DOCUMENT)
     def GET(self, *_):
-        if negotiated_media() != "application/json":
-            raise HTTPProblem(406, "not_acceptable",
-                              "the OpenAPI document is JSON only; ask for application/json")
+        if not json_acceptable():
+            return render_problem(HTTPProblem(
+                406, "not_acceptable", "the OpenAPI document is JSON only; ask for %s" % MEDIA_TYPE))
         body, etag = _served()
-        headers = [("ETag", etag)]
         if_none_match = web.ctx.env.get("HTTP_IF_NONE_MATCH")
-        if if_none_match is not None:
-            tags = etag_list(if_none_match)
-            if tags == "*" or weak_match(etag, tags):
-                return {EMPTY: True}, 304, headers
-        # orjson.Fragment: the JSON renderer writes the cached bytes as they are.
-        return {DOCUMENT: orjson.Fragment(body)}, 200, headers
+        try:
+            tags = etag_list(if_none_match) if if_none_match is not None else ()
+        except InvalidRequest as e:
+            return render_problem(e)
+        web.ctx.headers.extend([("Content-Type", MEDIA_TYPE), ("ETag", etag), ("Vary", "Accept")])
+        if tags == "*" or weak_match(etag, tags):
+            web.ctx.status = "304 Not Modified"      # the processor sends no body
+            return b""
+        web.ctx.status = "200 OK"
+        return body
