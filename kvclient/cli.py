@@ -91,7 +91,8 @@ def _exit_code(error: KVError) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The ``kv`` argument parser."""
-    main = argparse.ArgumentParser(prog="kv", description=__doc__.split("\n\n")[0],
+    main = argparse.ArgumentParser(prog="kv", description=__doc__.split("\n\n")[0].replace(
+                                       " (this module provides it)", ""),
                                    epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     main.add_argument("--version", action="version", version=version())
     common = argparse.ArgumentParser(add_help=False)

@@ -150,7 +150,7 @@ def cmd_health(store, args) -> int:
                                   "up" if partition.get("up") else
                                   "DOWN: %s" % (partition.get("reason") or "unreachable")))
         if not report["partitions"]:
-            print("(the service shows partition details only without authentication)")
+            print("(with authentication on, /health tells only the status)")
         print("status: %s" % report["status"])
     return EXIT_OK if report["status"] == "ok" else EXIT_UNAVAILABLE
 
