@@ -359,6 +359,12 @@ class LiveService:
         for note in notes + ["left out (placeholder 404): %s" % p for p in skipped]:
             print("\n%s: %s" % (type(self).__name__, note), file=sys.stderr)
         self.assertGreater(sent, 100)
+        if self.headers:
+            whoami = requests.get(self.url + "/auth/whoami", headers=self.headers, timeout=30)
+            if whoami.status_code != 200:      # the run may revoke or disable its own admin
+                print("\n%s: the admin's credentials stopped working during the run (%d): "
+                      "later operations saw only 401" % (type(self).__name__,
+                                                        whoami.status_code), file=sys.stderr)
         health = requests.get(self.url + "/health", timeout=30)
         self.assertEqual(health.status_code, 200, "a partition went down during the run")
         new = unknown(failures)
