@@ -45,9 +45,10 @@ def command_store(parser: argparse.ArgumentParser, argv, log_level: int):
 
 
 def bootstrap_admin(store, name: str, again: bool) -> int:
-    """Create the user ``name`` (no password: it signs in with the token),
-    the rule that gives it ``admin`` on everything, and one token of it,
-    printed as the only line of standard output.
+    """Create the user ``name`` (no password: it signs in with the token;
+    an existing user keeps its password and is enabled again), the rule
+    that gives it ``admin`` on everything, and one token of it, printed as
+    the only line of standard output.
 
     :returns: the exit status: 0, or 1 when an admin exists (without
         ``again``), 2 for a bad name.
@@ -63,8 +64,13 @@ def bootstrap_admin(store, name: str, again: bool) -> int:
         print("bootstrap-admin: an admin exists already; --again makes another",
               file=sys.stderr)
         return 1
-    if directory.user(name) is None:
+    user = directory.user(name)
+    if user is None:
         directory.put_user(name, None)
+    elif user.get("disabled"):               # its token would be refused: enable it again
+        directory.put_user(name, None, disabled=False, keep_password=True)
+        print("bootstrap-admin: user %s was disabled and is enabled again" % name,
+              file=sys.stderr)
     directory.add_rule({"effect": "allow", "principal": "user:" + name, "verbs": ["admin"],
                         "bucket": "*", "keys": "#"})
     secret, token = directory.create_token(name, None, None)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import unittest
 from xml.etree import ElementTree
 
@@ -224,7 +225,8 @@ class AuthOnEdgeTest(unittest.TestCase):
         config = os.path.join(directory, "c.cfg")
         with open(config, "w") as f:
             f.write("[server]\n[cluster]\npartitions = 1\n[auth]\nenabled = true\n"
-                    "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
+                    "refresh_seconds = 1\n[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
+        self.config = config
         admin = {"Authorization": "Bearer " + dbservers.bootstrap_admin(config)}
         self.wsgi = controller.create_application(config)
         self.addCleanup(self.wsgi.store.close)
@@ -266,3 +268,14 @@ class AuthOnEdgeTest(unittest.TestCase):
             self.assertEqual(json.loads(response.body), {"status": "ok"})
         xml = self.post("GET", "/health?format=xml", "", {}, 200)
         self.assertEqual(ElementTree.fromstring(xml.body).text, "ok")
+
+    def test_bootstrap_admin_again_enables_a_disabled_admin(self):
+        json_admin = dict(self.token, **{"Content-Type": "application/json"})
+        self.post("PUT", "/auth/users/root", json.dumps({"disabled": True}), json_admin, 200)
+        self.post("GET", "/auth/whoami", "", self.token, 401)     # locked out
+        again = {"Authorization": "Bearer " + dbservers.bootstrap_admin(self.config, again=True)}
+        deadline = time.monotonic() + 15                 # [auth] refresh_seconds = 1
+        while time.monotonic() < deadline and self.app._gen_request(
+                "GET", "/auth/whoami", headers=again, status="*", expect_errors=True).status != 200:
+            time.sleep(0.2)
+        self.post("GET", "/auth/whoami", "", again, 200)
