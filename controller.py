@@ -29,7 +29,7 @@ from kv.http.openapi import OpenAPIDocument
 from kv.http.pages import Home, deleted_answer
 from kv.http.html import listing_delimiter
 from kv.http.htmlforms import read_form
-from kv.http.access import OPEN, authenticate, refuse_cross_site
+from kv.http.access import OPEN, Authenticator, refuse_cross_site
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
 from kv.http.conditional import check_read_condition, not_modified, record_headers, write_condition
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
@@ -365,28 +365,30 @@ def _no_method(route, method: str) -> HTTPProblem:
                        [("Allow", ", ".join(methods))])
 
 
-def _processor(store, directory, observe=None):
+def _processor(store, authenticate, observe=None):
     """Per request: attach the store, validate ?format=, authenticate the
     caller and run the route's guard (kv.http.access; with authentication
     off, everything is allowed), refuse unknown query parameters and
     malformed Accept headers, answer a method the route lacks (405, or 404
     on an unknown path), set Content-Length and drop the
     body of HEAD, 204 and 304 responses; then ``observe`` (when given,
-    kv.http.monitoring.request_observer) counts the request and logs it."""
+    kv.http.monitoring.request_observer) counts the request and logs it.
+    ``authenticate`` is the :class:`~kv.http.access.Authenticator`, None
+    with authentication off."""
     def process(handler):
         started = time.perf_counter()
         ctx = web.ctx
         route, template = _ROUTES.match(ctx.path)
         ctx.store = store
         ctx.access = OPEN
-        ctx.kv_auth = directory is not None
+        ctx.kv_auth = authenticate is not None
         try:
             ctx.kv_format = format_override(query().get("format"))
             if ctx.kv_format is None:
                 check_accept(ctx.env.get("HTTP_ACCEPT"))
             _check_parameters(route, ctx.method)
-            if directory is not None and ctx.path != "/health":
-                ctx.access = authenticate(directory, ctx.env.get("HTTP_AUTHORIZATION"))
+            if authenticate is not None and ctx.path != "/health":
+                ctx.access = authenticate(ctx.env.get("HTTP_AUTHORIZATION"))
                 refuse_cross_site(ctx.access, ctx.method, ctx.env)
                 getattr(route, "guard", _admin_only)(ctx.access, ctx.method)
             body = handler()
@@ -450,7 +452,7 @@ def create_application(config_path=None, store=None):
                     "write and delete every key; turn it on before the service is reachable "
                     "from a network that is not fully trusted")
     app = web.application(URLS, {}, autoreload=False)
-    app.add_processor(_processor(store, directory,
+    app.add_processor(_processor(store, directory and Authenticator(directory),
                                  request_observer(store.settings.metrics, directory is not None)))
     wsgi = app.wsgifunc(_whole_body)
     wsgi.store = store

@@ -39,8 +39,7 @@ import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
 from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
-from auth_bench import auth_runs, auth_summary  # noqa: E402
-from metrics_bench import metrics_runs, metrics_summary  # noqa: E402
+from variants_bench import variant_runs, variant_summary  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
@@ -340,11 +339,7 @@ def main(argv=None) -> int:
         service.terminate()
         service.wait()
         service = None
-        service = auth_runs(table, command, config, url, paths, s, r, measure, children, _wait)
-        service.terminate()
-        service.wait()
-        service = None
-        metrics_runs(table, config, port, paths, s, r, measure, children, _wait)
+        variant_runs(table, config, paths, s, max(3, 2 * r), measure, children, _wait)
         print("web.py floor (bench/floor_app.py: one route, no database, same server):")
         floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
         service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
@@ -407,10 +402,8 @@ def _report(results, started_all) -> int:
     if "etcd v2 GET" not in by:
         for row in results["rows"]:
             print("%-40s %10.0f /s  p99 %.2f ms" % (row["workload"], row["rate"], row["p99"]))
-        if "service GET, auth on (bearer token)" in by:
-            print(auth_summary(by))
-        if "service GET, metrics off" in by:
-            print(metrics_summary(by))
+        if "service GET, base" in by:
+            print(variant_summary(by))
         return 0
     get_ratio = by["service GET uniform"]["rate"] / by["etcd v2 GET"]["rate"]
     put_ratio = by["service PUT"]["rate"] / by["etcd v2 PUT"]["rate"]
@@ -441,10 +434,8 @@ def _report(results, started_all) -> int:
     print("service/MariaDB GET=%.2f PUT=%.2f" % (
         by["service GET uniform"]["rate"] / by["sysbench oltp_point_select (8 threads)"]["rate"],
         by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
-    if "service GET, auth on (bearer token)" in by:
-        print(auth_summary(by))
-    if "service GET, metrics off" in by:
-        print(metrics_summary(by))
+    if "service GET, base" in by:
+        print(variant_summary(by))
     if "web.py floor (no database)" in by:
         print("service/web.py floor GET=%.2f" % (
             by["service GET uniform"]["rate"] / by["web.py floor (no database)"]["rate"]))

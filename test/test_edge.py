@@ -4,6 +4,7 @@ unknown query parameters, Accept header case and syntax, If-Match on reads,
 If-Unmodified-Since (RFC 9110 sections 13.1.1, 13.1.4 and 13.2.2), methods
 on unknown and known paths, and bodies that must be refused whole."""
 
+import datetime
 import json
 import os
 import shutil
@@ -279,3 +280,19 @@ class AuthOnEdgeTest(unittest.TestCase):
                 "GET", "/auth/whoami", headers=again, status="*", expect_errors=True).status != 200:
             time.sleep(0.2)
         self.post("GET", "/auth/whoami", "", again, 200)
+
+    def test_a_remembered_token_still_expires_on_time(self):
+        """kv.http.access.Authenticator remembers a success for a second;
+        the token's expiry is checked on every request all the same."""
+        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=2)
+        created = self.post("POST", "/auth/tokens", json.dumps(
+            {"principal": "user:root", "expires": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}),
+            dict(self.token, **{"Content-Type": "application/json"}), 201)
+        short = {"Authorization": "Bearer " + json.loads(created.body)["token"]}
+        while datetime.datetime.now(datetime.timezone.utc) < expires - datetime.timedelta(
+                seconds=0.5):
+            self.post("GET", "/auth/whoami", "", short, 200)      # remembered after the first
+            time.sleep(0.05)
+        time.sleep(max(0.0, (expires - datetime.datetime.now(datetime.timezone.utc))
+                       .total_seconds()) + 0.1)
+        self.post("GET", "/auth/whoami", "", short, 401)

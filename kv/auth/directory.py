@@ -127,6 +127,9 @@ class Directory:
         self._cursor_key: Optional[bytes] = None
         self._checking: Dict[bytes, threading.Lock] = {}
         self._flights = threading.Lock()
+        #: +1 on every change this process makes to ``_auth`` (memos of
+        #: what it read, such as kv.http.access.Authenticator's, drop then).
+        self.generation = 0
 
     # -- reading (cached) -------------------------------------------------
     def _read(self, key: str) -> Optional[dict]:
@@ -256,13 +259,20 @@ class Directory:
     # -- administration ---------------------------------------------------
     def _put(self, key: str, doc: dict, ttl: Optional[int] = None,
              condition: Condition = Condition()) -> bool:
-        _, created, _ = self.store.put(AUTH_BUCKET, key.encode("utf-8"),
-                                       json.dumps(doc, sort_keys=True).encode(), ttl, condition)
+        try:
+            _, created, _ = self.store.put(AUTH_BUCKET, key.encode("utf-8"),
+                                           json.dumps(doc, sort_keys=True).encode(), ttl,
+                                           condition)
+        finally:
+            self.generation += 1
         return created
 
     def _delete(self, key: str) -> None:
         """Delete ``key`` of ``_auth``.  :raises KeyNotFound: when absent."""
-        self.store.delete(AUTH_BUCKET, key.encode("utf-8"))
+        try:
+            self.store.delete(AUTH_BUCKET, key.encode("utf-8"))
+        finally:
+            self.generation += 1
 
     def put_user(self, name: str, password: Optional[str], disabled: bool = False,
                  keep_password: bool = False) -> bool:
