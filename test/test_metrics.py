@@ -154,8 +154,13 @@ class ServedMetricsTest(unittest.TestCase):
         self.assertTrue(routes <= set(controller._ROUTES.templates()), routes)
         self.assertGreater(value(text, "kv_partition_query_duration_seconds_count",
                                  partition="partition-1", op="write"), 0)
-        with open(os.path.join(self.dir, "access.log")) as f:
-            lines = [line for line in f if "route=/buckets/{bucket}/keys/{key}" in line]
+        deadline = time.monotonic() + 10      # each worker's writer thread writes every 0.1 s
+        while True:
+            with open(os.path.join(self.dir, "access.log")) as f:
+                lines = [line for line in f if "route=/buckets/{bucket}/keys/{key}" in line]
+            if len(lines) >= sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         self.assertEqual(len(lines), sent)           # both workers write to one file
         self.assertRegex(lines[0], r"^time=\S+Z method=PUT route=/buckets/\{bucket\}/keys/\{key\} "
                                    r"status=201 bytes=\d+ duration_ms=[0-9.]+ remote=127\.0\.0\.1$")
