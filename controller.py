@@ -36,6 +36,7 @@ from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
 from kv.http.negotiation import check_accept, endpoint, format_override, render_problem, require
 from kv.http.representations import BATCH, DOCUMENT, EMPTY, HEALTH, LISTING, RECORD, record_json
 from kv.http.paging import page_args, paged
+from kv.http.routing import admin_only, check_parameters, no_method
 from kv.http.request import (path_bucket_key, path_parts, public_bucket, query, read_body,
                              read_write_request, request_media_type)
 from kv.records import Condition, check_key
@@ -325,46 +326,6 @@ URLS = ("/keys/((?s:.*))", KeyResource, "/keys", KeyList,
 _ROUTES = RouteTable(URLS, catch_all=Unknown)
 
 
-def _admin_only(access, _):
-    """The guard of a route class without one: ``admin`` (default deny).
-    A route's ``guard(access, method)`` runs before its handler and before
-    any storage is read."""
-    access.require_admin()
-
-
-def _check_parameters(route, method: str) -> None:
-    """Refuse a query parameter that the route does not define (API.md
-    "Resources": a mistyped ``prefix`` must not list everything).
-
-    Each route class declares ``PARAMETERS``: method -> the names its query
-    may hold (``format`` is defined everywhere; HEAD takes GET's).  A method
-    the class does not declare is left to its 404 or 405.
-
-    :raises HTTPProblem: 400 ``unknown_parameter`` naming the first unknown one.
-    """
-    names = getattr(route, "PARAMETERS", {}).get("GET" if method == "HEAD" else method)
-    if names is None:
-        return
-    for name in query():
-        if name != "format" and name not in names:
-            raise HTTPProblem(400, "unknown_parameter", "unknown query parameter %r%s" % (
-                name, "; this route takes %s" % ", ".join(names) if names else
-                "; this route takes none"))
-
-
-def _no_method(route, method: str) -> HTTPProblem:
-    """The answer to a method the route does not serve: 405 with ``Allow``
-    (the methods of its ``PARAMETERS``, HEAD with GET), or 404 on an unknown
-    path, whatever the method (API.md "Resources")."""
-    methods = list(getattr(route, "PARAMETERS", ()))
-    if route is Unknown or not methods:
-        return HTTPProblem(404, "not_found", "no resource at %s" % web.ctx.path)
-    if "GET" in methods:
-        methods.insert(methods.index("GET") + 1, "HEAD")
-    return HTTPProblem(405, "method_not_allowed", "%s is not allowed here" % method,
-                       [("Allow", ", ".join(methods))])
-
-
 def _processor(store, authenticate, observe=None):
     """Per request: attach the store, validate ?format=, authenticate the
     caller and run the route's guard (kv.http.access; with authentication
@@ -386,15 +347,15 @@ def _processor(store, authenticate, observe=None):
             ctx.kv_format = format_override(query().get("format"))
             if ctx.kv_format is None:
                 check_accept(ctx.env.get("HTTP_ACCEPT"))
-            _check_parameters(route, ctx.method)
+            check_parameters(route, ctx.method)
             if authenticate is not None and ctx.path != "/health":
                 ctx.access = authenticate(ctx.env.get("HTTP_AUTHORIZATION"))
                 refuse_cross_site(ctx.access, ctx.method, ctx.env)
-                getattr(route, "guard", _admin_only)(ctx.access, ctx.method)
+                getattr(route, "guard", admin_only)(ctx.access, ctx.method)
             body = handler()
         except web.NoMethod:                 # web.py's 405: the class lacks the method
             ctx.headers = []
-            body = render_problem(_no_method(route, ctx.method))
+            body = render_problem(no_method(route, ctx.method))
         except web.HTTPError:                # web.py's 500 for an exception it logged
             ctx.headers = []
             body = render_problem(HTTPProblem(500, "internal_error",

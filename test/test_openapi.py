@@ -24,7 +24,6 @@ half of it in the auth run).  ``KV_OPENAPI_VERBOSE=1``
 prints the status codes each operation answered.
 """
 
-import json
 import os
 import re
 import shutil
