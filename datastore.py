@@ -17,7 +17,7 @@ from kv.configuration import ConfigurationError, load_config
 from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, KeyNotFound,
                        PartitionUnavailable, PreconditionFailed, ValueTooLarge)
 from kv.auth.directory import Directory
-from kv.auth.rules import check_user_name
+from kv.auth.rule_syntax import check_user_name
 from kv.placement import placement
 from kv.records import DEFAULT_BUCKET, Condition, Record, check_key, now_us, winner_key
 

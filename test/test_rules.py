@@ -9,8 +9,8 @@ import re
 import unittest
 
 from kv.auth import rules as rules_module
-from kv.auth.rules import (VERBS, Caller, Decision, Rule, RuleSet, check_app_id, check_user_name,
-                           parse_rule)
+from kv.auth.rule_syntax import VERBS, Rule, check_app_id, check_user_name, parse_rule
+from kv.auth.rules import Caller, Decision, RuleSet
 from kv.errors import InvalidRequest
 
 ANONYMOUS = Caller(None, None, False)

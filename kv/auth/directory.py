@@ -32,7 +32,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from kv.auth.credentials import (hash_password, new_token, same_digest, token_digest, token_id,
                                  verify_password)
-from kv.auth.rules import Rule, RuleSet, check_app_id, check_user_name, parse_rule
+from kv.auth.rule_syntax import Rule, check_app_id, check_user_name, parse_rule
+from kv.auth.rules import RuleSet
 from kv.errors import InvalidRequest, KeyExists, KeyNotFound
 from kv.records import MAX_TTL_SECONDS, Condition
 

@@ -1,7 +1,7 @@
-"""This module provides the permission engine: rules, their validation and
-their evaluation, as API.md "Permissions" defines them.
+"""This module provides the permission engine: the evaluation of rules, as
+API.md "Permissions" defines it (their grammar and validation, with
+:func:`~kv.auth.rule_syntax.parse_rule`, are in :mod:`kv.auth.rule_syntax`).
 
-:func:`parse_rule` turns a rule's JSON object into a :class:`Rule`;
 :class:`RuleSet` compiles a set of rules once and answers
 :meth:`RuleSet.authorize` (one verb on one key of one bucket),
 :meth:`RuleSet.could_allow` (may a listing show anything under a prefix) and
@@ -14,213 +14,17 @@ decision that no key pattern took part in is remembered per (caller, verb,
 bucket).
 """
 
-from typing import Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
+from kv.auth.rule_syntax import KEYS_ALL, RESERVED_SCOPES, VERBS, Rule, compile_keys
 from kv.errors import InvalidRequest
 
-VERBS = ("list", "read", "write", "admin")
-EFFECTS = ("allow", "deny")
-MAX_USER_NAME_BYTES = 200
-MAX_APP_ID_BYTES = 54        # "{app}:{user}" is then a bucket name of <= 255 bytes
-MAX_BUCKET_BYTES = 255
-MAX_KEY_PATTERN_BYTES = 512  # a key is at most 512 bytes (API.md "Keys and values")
-
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~-@+")
-_BUCKET_CHARS = _NAME_CHARS | {":"}
-_FIELDS = ("id", "effect", "principal", "verbs", "bucket", "keys", "via_app")
-_SPECIAL_PRINCIPALS = ("user:*", "app:*", "authenticated", "anyone")
 # The verbs a rule of each effect covers, per listed verb (API.md, the verbs row):
 # allow write => read, allow admin => all; deny read => write, deny anything => admin.
 _ALLOW_COVERS = {"list": ("list",), "read": ("read",), "write": ("write", "read"), "admin": VERBS}
 _DENY_COVERS = {"list": ("list", "admin"), "read": ("read", "write", "admin"),
                 "write": ("write", "admin"), "admin": ("admin",)}
-_ALL, _EXACT, _PREFIX, _GENERAL = range(4)  # key pattern kinds
 _MEMO_ENTRIES = 16384  # decisions a RuleSet remembers (see RuleSet.authorize)
-#: Reserved names a rule may name as its exact bucket: scopes of the service
-#: itself, not buckets (API.md "Metrics": ``read`` on ``_metrics`` may scrape
-#: GET /metrics).  Only a rule naming one exactly reaches it (``*`` does not).
-RESERVED_SCOPES = frozenset(("_metrics",))
-
-
-def _check_name(value, what: str, max_bytes: int) -> str:
-    if not isinstance(value, str):
-        raise InvalidRequest("the %s must be a string" % what)
-    if not value:
-        raise InvalidRequest("the %s is empty" % what)
-    if not _NAME_CHARS.issuperset(value):
-        raise InvalidRequest("the %s %r has a character outside A-Z a-z 0-9 . _ ~ - @ +"
-                             % (what, value))
-    if len(value) > max_bytes:  # ASCII only, so characters are bytes
-        raise InvalidRequest("the %s is %d bytes long; at most %d are allowed"
-                             % (what, len(value), max_bytes))
-    return value
-
-
-def check_user_name(name: str) -> str:
-    """Validate a user name and return it unchanged.
-
-    :param str name: 1 to 200 bytes of ``A-Z a-z 0-9 . _ ~ - @ +`` (no ``:``,
-        so ``user:{name}`` and the bucket ``{app}:{name}`` stay unambiguous).
-    :returns: ``name``.
-    :raises InvalidRequest: when it is not a string, empty, too long or holds
-        another character.
-    """
-    return _check_name(name, "user name", MAX_USER_NAME_BYTES)
-
-
-def check_app_id(app: str) -> str:
-    """Validate an application id and return it unchanged.
-
-    :param str app: 1 to 54 bytes of ``A-Z a-z 0-9 . _ ~ - @ +``, not starting
-        with ``_``: the session bucket ``{app}:{user}`` (API.md "Buckets") is
-        then a valid, unreserved bucket name of at most 255 bytes.
-    :returns: ``app``.
-    :raises InvalidRequest: when it is not a string, empty, too long, starts
-        with ``_`` or holds another character.
-    """
-    _check_name(app, "app id", MAX_APP_ID_BYTES)
-    if app.startswith("_"):
-        raise InvalidRequest("the app id %r starts with '_' (its buckets would be reserved)" % app)
-    return app
-
-
-class Rule(NamedTuple):
-    """One permission rule (API.md "Permissions"), validated by :func:`parse_rule`.
-
-    ``effect`` is ``"allow"`` or ``"deny"``; ``principal`` is ``user:{name}``,
-    ``app:{id}``, ``user:*``, ``app:*``, ``authenticated`` or ``anyone``;
-    ``verbs`` a non-empty subset of :data:`VERBS`; ``bucket`` an exact name,
-    ``{app}:*`` or ``*`` (``${user}``/``${app}`` allowed inside); ``keys`` a
-    key pattern; ``via_app`` an app id or None.
-    """
-    id: str
-    effect: str
-    principal: str
-    verbs: FrozenSet[str]
-    bucket: str
-    keys: str
-    via_app: Optional[str] = None
-
-    def doc(self) -> dict:
-        """The JSON form of API.md: ``{"id", "effect", "principal", "verbs"
-        (in :data:`VERBS` order), "bucket", "keys"}`` plus ``"via_app"`` when set."""
-        doc = {"id": self.id, "effect": self.effect, "principal": self.principal,
-               "verbs": [v for v in VERBS if v in self.verbs], "bucket": self.bucket,
-               "keys": self.keys}
-        if self.via_app is not None:
-            doc["via_app"] = self.via_app
-        return doc
-
-
-def _bad(field: str, message: str) -> InvalidRequest:
-    return InvalidRequest('rule field "%s": %s' % (field, message))
-
-
-def _check_principal(principal) -> None:
-    if principal in _SPECIAL_PRINCIPALS:
-        return
-    kind, colon, name = principal.partition(":") if isinstance(principal, str) else ("", "", "")
-    if not colon or kind not in ("user", "app"):
-        raise _bad("principal", "must be user:{name}, app:{id}, user:*, app:*, authenticated or anyone")
-    try:
-        (check_user_name if kind == "user" else check_app_id)(name)
-    except InvalidRequest as e:
-        raise _bad("principal", str(e)) from None
-
-
-def _check_bucket_selector(selector) -> None:
-    if not isinstance(selector, str) or not selector:
-        raise _bad("bucket", "must be a non-empty string")
-    if selector == "*" or selector in RESERVED_SCOPES:
-        return
-    plain = selector.replace("${user}", "u").replace("${app}", "a")
-    if plain.endswith(":*"):
-        app = plain[:-2]
-        if (not app or not _NAME_CHARS.issuperset(app) or app.startswith("_")
-                or len(app) > MAX_APP_ID_BYTES):
-            raise _bad("bucket", "%r: before ':*' must stand an app id (or ${user}, ${app})" % selector)
-    elif (not _BUCKET_CHARS.issuperset(plain) or plain.count(":") > 1 or plain.startswith("_")
-          or len(plain) > MAX_BUCKET_BYTES):
-        raise _bad("bucket", "%r is not '*', '{app}:*' or a bucket name (1 to 255 bytes of "
-                   "A-Z a-z 0-9 . _ ~ - @ + with at most one ':', not starting with '_'; "
-                   "${user} and ${app} may stand inside)" % selector)
-
-
-def _compile_keys(pattern) -> Tuple[int, str, tuple, bool, int]:
-    """(kind, literal text, segments with None for '+', ends in '#', rank);
-    a higher rank is more specific (API.md "Permissions", evaluation step 3)."""
-    if not isinstance(pattern, str) or not pattern:
-        raise _bad("keys", "must be a non-empty string")
-    try:
-        size = len(pattern.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise _bad("keys", "is not valid UTF-8") from None
-    if size > MAX_KEY_PATTERN_BYTES:
-        raise _bad("keys", "is %d bytes long; at most %d are allowed" % (size, MAX_KEY_PATTERN_BYTES))
-    if any(c < " " or c == "\x7f" for c in pattern):
-        raise _bad("keys", "contains a control character")
-    segments = pattern.split("/")
-    has_hash = segments[-1] == "#"
-    if has_hash:
-        segments.pop()
-    if "#" in segments:
-        raise _bad("keys", "%r: '#' may only be the last segment" % pattern)
-    plus = segments.count("+")
-    rank = ((len(segments) - plus) << 20) | ((not has_hash) << 10) | (1023 - plus)
-    segs = tuple(None if s == "+" else s for s in segments)
-    literal = "/".join(segments)
-    kind = _GENERAL if plus else _PREFIX if has_hash else _EXACT
-    return (_ALL if not segs and has_hash else kind), literal, segs, has_hash, rank
-
-
-def parse_rule(doc: dict, rule_id: str) -> Rule:
-    """Validate a rule's JSON object (API.md "Permissions") and build its :class:`Rule`.
-
-    :param dict doc: ``{"effect", "principal", "verbs", "bucket", "keys"}`` and
-        optionally ``"via_app"`` (null is absent) and ``"id"`` (then equal to
-        ``rule_id``).  Key patterns: segments split on ``/``; ``+`` and ``#``
-        are wildcards only as a whole segment (``a+b`` is literal), ``#`` only
-        as the last one; 1 to 512 bytes, no control character.
-    :param str rule_id: the rule's id, given by the store.
-    :returns: the :class:`Rule`.
-    :raises InvalidRequest: naming the field, for an unknown or missing field,
-        a wrong type, an unknown effect or verb, no verbs, a bad principal,
-        bucket selector, key pattern or via_app, or ``admin`` with a bucket
-        other than ``*`` or keys other than ``#`` (admin is only over ``*``
-        and ``#`` in this version).
-    """
-    if not isinstance(doc, dict):
-        raise InvalidRequest("a rule must be a JSON object")
-    unknown = sorted(str(f) for f in doc if f not in _FIELDS)
-    if unknown:
-        raise _bad(unknown[0], "unknown field (the fields are %s)" % ", ".join(_FIELDS))
-    for field in _FIELDS[1:6]:
-        if field not in doc:
-            raise _bad(field, "is required")
-    if not isinstance(rule_id, str) or not rule_id:
-        raise _bad("id", "must be a non-empty string")
-    if doc.get("id", rule_id) != rule_id:
-        raise _bad("id", "%r differs from the rule's id %r" % (doc["id"], rule_id))
-    effect, principal, verbs = doc["effect"], doc["principal"], doc["verbs"]
-    if effect not in EFFECTS:
-        raise _bad("effect", "must be allow or deny")
-    _check_principal(principal)
-    if not isinstance(verbs, list) or not verbs:
-        raise _bad("verbs", "must be a non-empty list of %s" % ", ".join(VERBS))
-    unknown = [v for v in verbs if v not in VERBS]
-    if unknown:
-        raise _bad("verbs", "unknown verb %r (the verbs are %s)" % (unknown[0], ", ".join(VERBS)))
-    _check_bucket_selector(doc["bucket"])
-    _compile_keys(doc["keys"])
-    via_app = doc.get("via_app")
-    if via_app is not None:
-        try:
-            check_app_id(via_app)
-        except InvalidRequest as e:
-            raise _bad("via_app", str(e)) from None
-    if "admin" in verbs and (doc["bucket"] != "*" or doc["keys"] != "#"):
-        raise _bad("verbs", "admin is only allowed with bucket '*' and keys '#' in this version")
-    return Rule(rule_id, effect, principal, frozenset(verbs), doc["bucket"], doc["keys"], via_app)
 
 
 class Caller(NamedTuple):
@@ -251,7 +55,7 @@ class _Compiled:
         self.allow = rule.effect == "allow"
         covers = _ALLOW_COVERS if self.allow else _DENY_COVERS
         self.covers = frozenset(v for verb in rule.verbs for v in covers[verb])
-        self.kind, self.lit, self.segs, self.hash, self.rank = _compile_keys(rule.keys)
+        self.kind, self.lit, self.segs, self.hash, self.rank = compile_keys(rule.keys)
         self.lit_slash = self.lit + "/"
         self.decision = Decision(self.allow, rule)
 
@@ -275,7 +79,7 @@ class _Rules(list):
 
     def __init__(self, rules: Iterable[_Compiled]):
         super().__init__(sorted(rules, key=lambda c: (-c.rank, c.order)))
-        self.keyfree = all(c.kind == _ALL for c in self)
+        self.keyfree = all(c.kind == KEYS_ALL for c in self)
 
 
 class _Group:
@@ -305,7 +109,7 @@ class _Group:
              tuple((t, "${user}" in t, "${app}" in t, _Rules(v)) for t, v in sorted(templates.items())))
             for table, templates in ((exact, exact_tpl), (app, app_tpl)))
         self.rules, self.star = compiled, _Rules(star)
-        self.admin = [c for c in self.star if c.kind == _ALL]
+        self.admin = [c for c in self.star if c.kind == KEYS_ALL]
 
 
 def _reaches(selector: str, bucket: str, user, app) -> bool:
@@ -336,14 +140,14 @@ def _scan(lists, verb: str, app: Optional[str], key: str) -> Optional[_Compiled]
             if verb not in c.covers or (c.via is not None and c.via != app):
                 continue
             kind = c.kind
-            if kind:  # not _ALL ("#")
-                if kind == 1:  # _EXACT
+            if kind:  # not KEYS_ALL ("#")
+                if kind == 1:  # KEYS_EXACT
                     if key != c.lit:
                         continue
-                elif kind == 2:  # _PREFIX
+                elif kind == 2:  # KEYS_PREFIX
                     if key != c.lit and not key.startswith(c.lit_slash):
                         continue
-                else:  # _GENERAL
+                else:  # KEYS_GENERAL
                     segs, ksegs = c.segs, key.split("/")
                     if len(ksegs) < len(segs) if c.hash else len(ksegs) != len(segs):
                         continue

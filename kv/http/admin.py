@@ -17,7 +17,8 @@ from typing import Optional
 import web
 
 from kv.auth.directory import principal_parts
-from kv.auth.rules import VERBS, Caller, check_app_id, check_user_name
+from kv.auth.rule_syntax import VERBS, check_app_id, check_user_name
+from kv.auth.rules import Caller
 from kv.errors import InvalidRequest, KeyNotFound
 from kv.http.access import BASIC_CHALLENGE
 from kv.http.errors import HTTPProblem
