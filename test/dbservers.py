@@ -183,6 +183,50 @@ def cluster(test, prefix: str, count: int = 3, replicas: int = 2):
     return servers, write_config(os.path.join(folder, "c.cfg"), servers, replicas)
 
 
+class _Database:
+    """A shared server seen through another database on it (for write_config)."""
+
+    def __init__(self, server, database):
+        self.server, self.database = server, database
+
+    def config_section(self, name):
+        return self.server.config_section(name).replace("database = kv\n",
+                                                        "database = %s\n" % self.database)
+
+
+def fresh_database(database: str, count: int = 3):
+    """The database ``database``, created anew with the schema on each of
+    ``count`` shared servers, for a test file that keeps its own data.
+
+    :returns: one view per server, to pass to :func:`write_config`.
+    """
+    views = []
+    for server in shared(count):
+        server.execute("DROP DATABASE IF EXISTS %s" % database)
+        server.execute("CREATE DATABASE %s" % database)
+        server.execute("GRANT ALL ON %s.* TO 'kv'@'%%%%'" % database)   # %% for mogrify
+        partition = MySQLPartition(PartitionSettings(
+            "schema", "mysql", port=server.port, password=PASSWORD, database=database))
+        partition.apply_schema()
+        partition.close()
+        views.append(_Database(server, database))
+    return views
+
+
+def temp_config(test, text: str, prefix: str = "kv-config-") -> str:
+    """Write ``text`` as c.cfg in a temporary folder that ``test``'s cleanup
+    removes (SQLite partition paths in it are relative to that folder).
+
+    :returns: the configuration file's path.
+    """
+    folder = tempfile.mkdtemp(prefix=prefix)
+    test.addCleanup(shutil.rmtree, folder, True)
+    path = os.path.join(folder, "c.cfg")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def write_config(path: str, servers, replicas: int, extra: str = "") -> str:
     """Write a configuration file with one MySQL partition per server."""
     sections = "".join(s.config_section("partition-%d" % (i + 1)) + "\n"

@@ -28,17 +28,6 @@ KV = os.path.join(os.path.dirname(sys.executable), "kv")
 DATABASE = "kv_auth"
 
 
-class _Database:
-    """A shared server seen through another database on it."""
-
-    def __init__(self, server, database):
-        self.server, self.database = server, database
-
-    def config_section(self, name):
-        return self.server.config_section(name).replace("database = kv\n",
-                                                        "database = %s\n" % self.database)
-
-
 class AuthService(client_service.Service):
     """One gunicorn service with authentication on, in the database kv_auth
     of the shared MariaDB servers; started by the first test that asks for
@@ -52,21 +41,9 @@ class AuthService(client_service.Service):
     @classmethod
     def start(cls):
         if cls.server is None:
-            from kv.configuration import PartitionSettings
-            from kv.storage.engines import MySQLPartition
             cls.dir = tempfile.mkdtemp(prefix="kv-auth-clients-")
-            servers = dbservers.shared(3)
-            for server in servers:
-                server.execute("DROP DATABASE IF EXISTS %s" % DATABASE)
-                server.execute("CREATE DATABASE %s" % DATABASE)
-                server.execute("GRANT ALL ON %s.* TO 'kv'@'%%%%'" % DATABASE)   # %% for mogrify
-                partition = MySQLPartition(PartitionSettings(
-                    "schema", "mysql", port=server.port, password=dbservers.PASSWORD,
-                    database=DATABASE))
-                partition.apply_schema()
-                partition.close()
             config = dbservers.write_config(os.path.join(cls.dir, "c.cfg"),
-                                            [_Database(s, DATABASE) for s in servers],
+                                            dbservers.fresh_database(DATABASE),
                                             replicas=2, extra="[auth]\nenabled = true\n")
             cls.admin_token = dbservers.bootstrap_admin(config)
             port = dbservers.free_port()

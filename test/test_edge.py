@@ -221,13 +221,9 @@ class AuthOnEdgeTest(unittest.TestCase):
     and /health says only ok or degraded, to anyone."""
 
     def setUp(self):
-        directory = tempfile.mkdtemp(prefix="kv-csrf-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        config = os.path.join(directory, "c.cfg")
-        with open(config, "w") as f:
-            f.write("[server]\n[cluster]\npartitions = 1\n[auth]\nenabled = true\n"
-                    "refresh_seconds = 1\n[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
-        self.config = config
+        config = self.config = dbservers.temp_config(
+            self, "[server]\n[cluster]\npartitions = 1\n[auth]\nenabled = true\n"
+            "refresh_seconds = 1\n[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
         admin = {"Authorization": "Bearer " + dbservers.bootstrap_admin(config)}
         self.wsgi = controller.create_application(config)
         self.addCleanup(self.wsgi.store.close)

@@ -352,12 +352,8 @@ class PublicMetricsTest(unittest.TestCase):
     """In-process: ``[metrics] public = true`` and ``enabled = false``."""
 
     def app(self, section: str):
-        folder = tempfile.mkdtemp(prefix="kv-metrics-public-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        config = os.path.join(folder, "c.cfg")
-        with open(config, "w") as f:
-            f.write(SQLITE_CONFIG + "[auth]\nenabled = true\n[metrics]\naccess_log = off\n"
-                    + section)
+        config = dbservers.temp_config(self, SQLITE_CONFIG + "[auth]\nenabled = true\n"
+                                       "[metrics]\naccess_log = off\n" + section)
         self.addCleanup(metrics.enable, metrics.enabled())   # as the other tests had it
         wsgi = controller.create_application(config)
         self.addCleanup(wsgi.store.close)
@@ -402,11 +398,8 @@ class PrepareTest(unittest.TestCase):
     """The start command's preparation (kv.serve.prepare), without granian."""
 
     def test_directory_is_created_and_emptied_of_db_files_only(self):
-        folder = tempfile.mkdtemp(prefix="kv-serve-")
-        self.addCleanup(shutil.rmtree, folder, True)
-        config = os.path.join(folder, "c.cfg")
-        with open(config, "w") as f:
-            f.write(SQLITE_CONFIG + "[metrics]\ndirectory = run/metrics\n")
+        config = dbservers.temp_config(self, SQLITE_CONFIG + "[metrics]\ndirectory = run/metrics\n")
+        folder = os.path.dirname(config)
         os.makedirs(os.path.join(folder, "run", "metrics"))
         for name in ("counter_12.db", "histogram_12.db", "keep.txt"):
             open(os.path.join(folder, "run", "metrics", name), "w").close()

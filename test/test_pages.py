@@ -42,34 +42,11 @@ XSS = "<script>alert(1)</script>"
 ALICE_PW = "alice-pw-55!"
 
 
-class _Database:
-    """A shared server seen through another database on it."""
-
-    def __init__(self, server, database):
-        self.server, self.database = server, database
-
-    def config_section(self, name):
-        return self.server.config_section(name).replace("database = kv\n",
-                                                        "database = %s\n" % self.database)
-
-
 def start_service(test_dir: str, extra: str = ""):
     """A fresh ``kv_pages`` database on the three shared servers and
     ``python controller.py`` on it: (ServedProcess, configuration path)."""
-    from kv.configuration import PartitionSettings
-    from kv.storage.engines import MySQLPartition
-    servers = dbservers.shared(3)
-    for server in servers:
-        server.execute("DROP DATABASE IF EXISTS %s" % DATABASE)
-        server.execute("CREATE DATABASE %s" % DATABASE)
-        server.execute("GRANT ALL ON %s.* TO 'kv'@'%%%%'" % DATABASE)   # %% for mogrify
-        partition = MySQLPartition(PartitionSettings(
-            "schema", "mysql", port=server.port, password=dbservers.PASSWORD, database=DATABASE))
-        partition.apply_schema()
-        partition.close()
     config = dbservers.write_config(os.path.join(test_dir, "c.cfg"),
-                                    [_Database(s, DATABASE) for s in servers], replicas=2,
-                                    extra=extra)
+                                    dbservers.fresh_database(DATABASE), replicas=2, extra=extra)
     port = dbservers.free_port()
     return test_server.ServedProcess(test_server.ServerTest.command + ["127.0.0.1:%d" % port],
                                      config, port), config

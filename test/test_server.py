@@ -231,12 +231,8 @@ class DevelopmentServerStartTest(unittest.TestCase):
     """``python controller.py PORT`` on a busy port: one clear line, no traceback."""
 
     def test_a_busy_port_says_so_in_one_line(self):
-        directory = tempfile.mkdtemp(prefix="kv-busy-")
-        self.addCleanup(shutil.rmtree, directory, True)
-        config = os.path.join(directory, "c.cfg")
-        with open(config, "w") as f:
-            f.write("[server]\n[cluster]\npartitions = 1\n"
-                    "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
+        config = dbservers.temp_config(self, "[server]\n[cluster]\npartitions = 1\n"
+                                       "[partition-1]\nengine = sqlite\npath = p1.sqlite3\n")
         with socket.socket() as holder:
             holder.bind(("127.0.0.1", 0))
             holder.listen()
