@@ -31,6 +31,7 @@ from kv.http.html import listing_delimiter
 from kv.http.htmlforms import read_form
 from kv.http.access import OPEN, Authenticator, refuse_cross_site
 from kv.http.bodies import BATCH_TYPES, parse_batch_body
+from kv.http.changes import Changes
 from kv.http.conditional import check_read_condition, not_modified, record_headers, write_condition
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
 from kv.http.negotiation import check_accept, endpoint, format_override, render_problem, require
@@ -318,6 +319,7 @@ class Unknown:
 URLS = ("/keys/((?s:.*))", KeyResource, "/keys", KeyList,
         r"/buckets/([^/]*):\*/keys/((?s:.*))", Across,
         "/buckets/([^/]*)/keys/((?s:.*))", KeyResource, "/buckets/([^/]*)/keys", KeyList,
+        "/buckets/([^/]*)/changes", Changes, "/changes", Changes,
         "/buckets", BucketList, "/batch", Batch, "/health", Health, "/metrics", Metrics,
         "/openapi.json", OpenAPIDocument, "/", Home) + admin.URLS + (
         "/((?s:.*))", Unknown)

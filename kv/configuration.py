@@ -105,6 +105,9 @@ class Settings:
     sync: SyncSettings
     auth: AuthSettings = AuthSettings()
     metrics: MetricsSettings = MetricsSettings()
+    #: Change feed long polls one worker process holds at most (each holds
+    #: a request thread); beyond it a long poll is 503 with Retry-After.
+    max_watchers: int = 8
 
 
 def _defaults(cls) -> dict:
@@ -115,7 +118,8 @@ def _defaults(cls) -> dict:
 #: Defaults per section, the unit in each option's name or comment; those of
 #: the partition and sync sections are the dataclasses' own (one definition).
 DEFAULTS = {
-    "server": {"max_value_bytes": 1048576, "max_batch_bytes": 16777216},   # 1 MiB, 16 MiB
+    "server": {"max_value_bytes": 1048576, "max_batch_bytes": 16777216,   # 1 MiB, 16 MiB
+               "max_watchers": 8},                                        # per worker process
     "cluster": {"replicas": 1},
     "partition": _defaults(PartitionSettings),
     "sync": _defaults(SyncSettings),
@@ -237,7 +241,8 @@ def load_config(path: Optional[str] = None) -> Settings:
                                  60, 365 * 86400),
         refresh_seconds=_integer(parser, "auth", "refresh_seconds", a["refresh_seconds"], 1, 30))
     return Settings(os.path.abspath(path), max_value, max_batch, replicas, partitions, sync, auth,
-                    _metrics(parser, os.path.dirname(os.path.abspath(path))))
+                    _metrics(parser, os.path.dirname(os.path.abspath(path))),
+                    _integer(parser, "server", "max_watchers", server["max_watchers"], 1, 10000))
 
 
 def _metrics(parser, base: str) -> MetricsSettings:

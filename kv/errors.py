@@ -73,6 +73,25 @@ class PreconditionFailed(DatastoreError):
     code = "precondition_failed"
 
 
+class CursorExpired(DatastoreError):
+    """A change feed cursor is older than the tombstone window
+    (``[sync] tombstone_days``): deletes after it may be purged, so the feed
+    cannot promise every change since; the client starts again (API.md
+    "Change feed")."""
+    code = "cursor_expired"
+
+
+class TooManyWaiters(DatastoreError):
+    """A long poll found this process's waiters at their cap; the client
+    retries after ``retry_after_seconds`` (seconds)."""
+    code = "unavailable"
+
+    def __init__(self, cap: int, retry_after_seconds: int = 1):
+        super().__init__("too many long polls are waiting on this worker (at most %d); "
+                         "retry shortly" % cap)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class PartitionUnavailable(DatastoreError):
     """No partition that could serve the request answered in time.
 

@@ -12,7 +12,9 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from kv.cluster.batch import run_batch
 from kv.cluster.buckets import (Aggregate, BucketListing, CrossListing, aggregate, list_buckets,
                                 read_across, show_all)
+from kv.cluster.changes import ChangePage, read_changes
 from kv.cluster.listing import Listing, list_keys
+from kv.cluster.watch import ChangeNotifier
 from kv.configuration import ConfigurationError, Settings, load_config
 from kv.errors import (InvalidRequest, KeyNotFound, PartitionUnavailable, ValueTooLarge)
 from kv.placement import ranking
@@ -49,6 +51,8 @@ class Datastore:
         self.partitions = partitions or {p.name: make_partition(p, clock)
                                          for p in settings.partitions}
         self.names = sorted(self.partitions)
+        #: settles change epochs and wakes the change feed's long polls
+        self.notifier = ChangeNotifier(self.partitions, settings.max_watchers)
 
     @classmethod
     def from_config(cls, path: Optional[str] = None) -> "Datastore":
@@ -260,6 +264,13 @@ class Datastore:
              visible=None) -> Listing:
         """A page of the bucket's live keys: :func:`kv.cluster.listing.list_keys`."""
         return list_keys(self, bucket, prefix, delimiter, cursor, limit, values, visible)
+
+    # -- change feed -------------------------------------------------------
+    def changes(self, bucket: bytes, since: Optional[str], prefix: bytes = b"", limit: int = 100,
+                values: bool = False, visible: Optional[Callable[[bytes], bool]] = None,
+                wait: Optional[float] = None) -> ChangePage:
+        """A page of the bucket's change feed: :func:`kv.cluster.changes.read_changes`."""
+        return read_changes(self, bucket, since, prefix, limit, values, visible, wait)
 
     # -- buckets and cross-bucket reads ------------------------------------
     def buckets(self, prefix: bytes = b"", cursor: Optional[str] = None, limit: int = 100,

@@ -7,8 +7,9 @@ and :func:`problem_of`, which every error answer goes through.
 import logging
 from typing import Iterable, List, Tuple
 
-from kv.errors import (DatastoreError, InvalidKey, InvalidRequest, KeyExists, KeyNotFound,
-                       PartitionUnavailable, PreconditionFailed, ValueTooLarge)
+from kv.errors import (CursorExpired, DatastoreError, InvalidKey, InvalidRequest, KeyExists,
+                       KeyNotFound, PartitionUnavailable, PreconditionFailed, TooManyWaiters,
+                       ValueTooLarge)
 
 log = logging.getLogger("kv.controller")      # the HTTP layer logs as it always did
 
@@ -39,7 +40,9 @@ ERROR_STATUS = (
     (KeyNotFound, 404),
     (KeyExists, 409),
     (PreconditionFailed, 412),
+    (CursorExpired, 410),
     (PartitionUnavailable, 503),
+    (TooManyWaiters, 503),
 )
 
 #: The errors whose answer is meant for the client (anything else is a logged 500).
@@ -66,7 +69,7 @@ def problem_of(exc: Exception) -> Tuple[int, str, str, List[Tuple[str, str]]]:
 
     :returns: (status int, API error code str, client-safe message str,
         list of (header name, value)): ``Retry-After`` for
-        PartitionUnavailable, the HTTPProblem's own headers, else none.  Any
+        PartitionUnavailable and TooManyWaiters, the HTTPProblem's own headers, else none.  Any
         exception not in :data:`ERROR_STATUS` is a 500 with a fixed message
         (its details go to the log only).
     """
@@ -75,7 +78,7 @@ def problem_of(exc: Exception) -> Tuple[int, str, str, List[Tuple[str, str]]]:
     for cls, status in ERROR_STATUS:
         if isinstance(exc, cls):
             headers = []
-            if isinstance(exc, PartitionUnavailable):
+            if isinstance(exc, (PartitionUnavailable, TooManyWaiters)):
                 headers.append(("Retry-After", str(exc.retry_after_seconds)))
             return status, exc.code, exc.message, headers
     log.exception("unexpected error")

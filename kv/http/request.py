@@ -179,14 +179,20 @@ def path_bucket_key() -> Tuple[bytes, bytes]:
 def path_parts() -> Tuple[Optional[bytes], bytes]:
     """(bucket or None for the /keys routes, key) of the path, each
     percent-decoded exactly once, neither validated (the bucket part of
-    ``/buckets/notes:*/keys/k`` is ``notes:*``)."""
+    ``/buckets/notes:*/keys/k`` is ``notes:*``); the change feed's routes
+    (``/changes``, ``/buckets/{bucket}/changes``) have the key b"".
+    """
     path, encoded = _path()
+    if path == "/changes":
+        return None, b""
 
     def decode(part: str) -> bytes:
         return (urllib.parse.unquote_to_bytes(part) if encoded
                 else part.encode("latin-1", "replace"))
     if path.startswith("/buckets/"):
-        name, _, rest = path[len("/buckets/"):].partition("/keys")
+        name, keys, rest = path[len("/buckets/"):].partition("/keys")
+        if not keys and name.endswith("/changes"):
+            return decode(name[:-len("/changes")]), b""
         return decode(name), decode(rest[1:])
     return None, decode(path[len("/keys/"):])
 

@@ -15,6 +15,7 @@ from kv.errors import DatastoreError, PartitionUnavailable
 from kv.records import Record, now_us, winner_key
 from kv.storage.coalescing import Coalescer
 from kv.storage.connection import COLUMNS, NO_VALUE, Connection, record_of
+from kv.storage.feed import FeedCalls
 from kv.storage.replication import ReplicationCalls
 from kv.storage.transaction import Transaction
 
@@ -68,7 +69,7 @@ class WriteRequest(NamedTuple):
     strict: bool = False
 
 
-class Partition(ReplicationCalls, Connection):
+class Partition(FeedCalls, ReplicationCalls, Connection):
     """One partition: a table ``kv_rows`` in one database, reached through a driver.
 
     Contract (every engine, checked by test/partition_contract.py):
