@@ -149,10 +149,10 @@ def read_changes(store, bucket: bytes, since: Optional[str], prefix: bytes = b""
     """
     if not 1 <= limit <= 1000:
         raise InvalidRequest("limit must be from 1 to 1000")
-    cursor = start(store, bucket, since)
     deadline = time.monotonic() + (wait or 0)
     notifier = store.notifier
-    notifier.settle(READ_SETTLE_SECONDS)
+    notifier.settle(READ_SETTLE_SECONDS)       # first: ``now`` then starts after the close
+    cursor = start(store, bucket, since)
     passed_over = 0
     while True:
         stamp = notifier.stamp(bucket)
