@@ -56,12 +56,12 @@ class FeedHarness:
             for table in ("kv_rows", "kv_sync_state"):
                 view.server.execute("DELETE FROM %s.%s" % (DB, table))
 
-    def config(self, count, extra=""):
-        return dbservers.write_config(os.path.join(self.dir, "c%d.cfg" % count),
-                                      self.views[:count], 2, extra)
+    def config(self, count, extra="", replicas=2):
+        return dbservers.write_config(os.path.join(self.dir, "c%d-%d.cfg" % (count, replicas)),
+                                      self.views[:count], replicas, extra)
 
-    def store(self, count=3):
-        store = Datastore.from_config(self.config(count))
+    def store(self, count=3, replicas=2):
+        store = Datastore.from_config(self.config(count, replicas=replicas))
         self.addCleanup(store.close)
         return store
 
@@ -171,6 +171,22 @@ class FeedTest(FeedHarness, unittest.TestCase):
             bigger.put(FEED, b"after%02d" % i, b"v")
         self.assertEqual(sorted(r.key for r in drain(bigger, FEED, since)[0]),
                          [b"after%02d" % i for i in range(40)])
+
+    def test_writes_that_sync_moved_before_the_watcher_read_them_still_arrive(self):
+        """With replicas = 1 (with 2, adding one partition never displaces the
+        partition that took a write), a new partition takes over some keys:
+        sync copies them there (epoch 0) and deletes the stamped rows."""
+        store = self.store(replicas=1)
+        since = drain(store, FEED, "now")[1]
+        keys = [b"m%03d" % i for i in range(300)]
+        for key in keys:
+            store.put(FEED, key, b"v")
+        bigger = self.store(4, replicas=1)
+        self.assertEqual(sync.run(bigger, out=io.StringIO()), 0)
+        stamped = sum(view.server.execute("SELECT COUNT(*) FROM %s.kv_rows WHERE change_epoch > 0"
+                                          % DB)[0][0] for view in self.views)
+        self.assertLess(stamped, 280)          # the rows that took the writes, moved off: copies
+        self.assertEqual({r.key for r in drain(bigger, FEED, since)[0]}, set(keys))
 
     def test_a_failover_write_appears_once(self):
         store = self.store()

@@ -38,23 +38,30 @@ EMPTY_ROUNDS = 10
 READ_SETTLE_SECONDS = 0.005
 _CHECK_BYTES = 8
 
+#: A partition's position: (epoch, key) after the row (epoch, key) in change
+#: order (key b"": before every row of that epoch); or, while catching up on
+#: a partition without one, (0, key, since_us, epoch): after that key in key
+#: order, rows modified since since_us, then (epoch, b"") (0: the epoch when
+#: the catching up began, still unread).
+Position = Tuple
+
 
 @dataclasses.dataclass
 class FeedCursor:
-    """Where a feed resumes: ``positions`` maps partition name -> (epoch,
-    key), the last row delivered (key b"": before every row of that epoch);
-    ``issued_us`` (microseconds since the Unix epoch) is when the feed last
+    """Where a feed resumes: ``positions`` maps partition name ->
+    :data:`Position`; ``issued_us`` (microseconds since the Unix epoch) is when the feed last
     had nothing older to deliver, which the tombstone window is counted from."""
     bucket: bytes
     issued_us: int
-    positions: Dict[str, Tuple[int, bytes]]
+    positions: Dict[str, Position]
 
     def encode(self) -> str:
         """The cursor as an opaque URL-safe string, with a checksum so that
         a mangled or made-up one is refused (authentication on: the HTTP
         layer also seals it, so it cannot be forged)."""
         payload = json.dumps({"b": self.bucket.hex(), "t": self.issued_us,
-                              "p": {n: [e, k.hex()] for n, (e, k) in sorted(self.positions.items())}},
+                              "p": {n: [p[0], p[1].hex()] + list(p[2:])
+                                    for n, p in sorted(self.positions.items())}},
                              separators=(",", ":")).encode()
         token = payload + hashlib.sha256(b"kv-changes\0" + payload).digest()[:_CHECK_BYTES]
         return base64.urlsafe_b64encode(token).decode("ascii").rstrip("=")
@@ -72,12 +79,22 @@ class FeedCursor:
                 raise ValueError("checksum")
             doc = json.loads(payload)
             cursor = cls(bytes.fromhex(doc["b"]), int(doc["t"]),
-                         {str(n): (int(e), bytes.fromhex(k)) for n, (e, k) in doc["p"].items()})
+                         {str(n): _position(p) for n, p in doc["p"].items()})
         except (ValueError, TypeError, KeyError, AttributeError):
             raise InvalidRequest("the cursor is not a change feed cursor of this service") from None
         if cursor.bucket != bucket:
             raise InvalidRequest("the cursor belongs to another bucket's change feed")
         return cursor
+
+
+def _position(item) -> Position:
+    """A position from its JSON list. :raises ValueError: for a bad one."""
+    epoch, key = int(item[0]), bytes.fromhex(item[1])
+    if epoch > 0 and len(item) == 2:
+        return epoch, key
+    if epoch == 0 and len(item) == 4 and all(int(x) >= 0 for x in item[2:]):
+        return 0, key, int(item[2]), int(item[3])
+    raise ValueError("position")
 
 
 @dataclasses.dataclass
@@ -116,15 +133,18 @@ def start(store, bucket: bytes, since: Optional[str]) -> FeedCursor:
             except PartitionUnavailable:
                 positions[name] = (store.notifier.last_epoch.get(name, 1), b"")
         return FeedCursor(bucket, now, positions)
-    if since == "0":
-        return FeedCursor(bucket, now, {name: (1, b"") for name in store.names})
+    if since == "0":                        # every row of every partition, in key order first
+        return FeedCursor(bucket, now, {name: (0, b"", 0, 0) for name in store.names})
     cursor = FeedCursor.decode(since, bucket)
     if now - cursor.issued_us > store.settings.sync.tombstone_days * 86400 * 1_000_000:
         raise CursorExpired("the cursor is older than the tombstone window (%d days); "
                             "start again with since=now or since=0"
                             % store.settings.sync.tombstone_days)
-    # a partition added since the cursor was made: all of its client writes
-    cursor.positions = {name: cursor.positions.get(name, (1, b"")) for name in store.names}
+    # A partition added since the cursor was made: every row modified since
+    # (rebalancing copied there writes that sync moved off the partition that
+    # took them, maybe before this feed read them there).
+    cursor.positions = {name: cursor.positions.get(name, (0, b"", cursor.issued_us, 0))
+                        for name in store.names}
     return cursor
 
 
@@ -171,6 +191,35 @@ def read_changes(store, bucket: bytes, since: Optional[str], prefix: bytes = b""
         notifier.wait(bucket, stamp, remaining)
 
 
+def _read_partition(store, name: str, bucket: bytes, position: Position, end, limit: int):
+    """One partition's rows after ``position``: (stream, more), the stream a
+    list of (modified_us, name, position after the row, record, value size),
+    in the partition's order; the last item's position is where the
+    partition stands once the stream is consumed (an empty stream: the
+    position to take at once, as the only item, with record None).
+
+    :raises PartitionUnavailable: when it does not answer.
+    """
+    partition = store.partitions[name]
+    if position[0] > 0:
+        current, rows = partition.changes(bucket, position, end, limit)
+        items = [(r.modified_us, name, (e, r.key), r, size) for e, r, size in rows]
+        if len(rows) == limit:
+            return items, True
+        final, left = (current, b""), False
+    else:                        # catching up: every row modified since, in key order
+        _, after, since_us, epoch = position
+        current, rows, last = partition.catch_up(bucket, after, end, since_us, limit)
+        epoch = epoch or current            # rows stamped from here on come by epoch
+        items = [(r.modified_us, name, (0, r.key, since_us, epoch), r, size) for _, r, size in rows]
+        final = (0, last, since_us, epoch) if last is not None else (epoch, b"")
+        left = last is not None
+    if items:
+        items[-1] = items[-1][:2] + (final,) + items[-1][3:]
+        return items, left
+    return [(0, name, final, None, 0)], left
+
+
 def _page(store, cursor: FeedCursor, prefix: bytes, limit: int, values: bool,
           visible) -> ChangePage:
     """Read up to ``limit`` rows after each partition's position and merge
@@ -179,28 +228,23 @@ def _page(store, cursor: FeedCursor, prefix: bytes, limit: int, values: bool,
     streams, positions, unavailable, more = [], dict(cursor.positions), [], False
     for name in store.names:
         try:
-            current, rows = store.partitions[name].changes(cursor.bucket, positions[name],
-                                                           end, limit)
+            stream, left = _read_partition(store, name, cursor.bucket, positions[name], end, limit)
         except PartitionUnavailable:
             unavailable.append(name)
             continue
-        if len(rows) < limit:         # all of its closed epochs are read once these are
-            streams.append([(r.modified_us, name, e, r, size, i == len(rows) - 1, current)
-                            for i, (e, r, size) in enumerate(rows)])
-            if not rows:
-                positions[name] = (current, b"")
+        if stream[0][3] is None:            # nothing to deliver: move on at once
+            positions[name] = stream[0][2]
         else:
-            streams.append([(r.modified_us, name, e, r, size, False, current)
-                            for e, r, size in rows])
-            more = True
+            streams.append(stream)
+        more = more or left
     taken: Dict[bytes, int] = {}
     entries: List[Tuple[Record, str]] = []
     value_bytes = 0
-    for _, name, epoch, record, size, last, current in heapq.merge(*streams, key=lambda t: t[0]):
+    for _, name, position, record, size in heapq.merge(*streams, key=lambda t: t[0]):
         if len(entries) == limit or (values and entries and value_bytes + size > FEED_VALUE_BYTES):
             more = True
             break
-        positions[name] = (current, b"") if last else (epoch, record.key)
+        positions[name] = position
         if visible is not None and not visible(record.key):
             continue
         value_bytes += size

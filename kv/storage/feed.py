@@ -57,6 +57,35 @@ class FeedCalls:
             cursor.execute(self._sql(sql), params + [limit])
             return current, [(row[0], record_of(row[1:9]), row[9]) for row in cursor.fetchall()]
 
+    def catch_up(self, bucket: bytes, after: bytes, end: Tuple[bytes, Optional[bytes]],
+                 since_us: int, limit: int) -> Tuple[int, List[Tuple[int, Record, int]],
+                                                     Optional[bytes]]:
+        """Rows of ``bucket`` after key ``after`` in key order, copies made by
+        sync included, modified at or after ``since_us``: what a feed reads
+        of a partition it has no position on (since=0, or a partition added
+        since the cursor: rebalancing stored there, as copies, writes that
+        sync moved off another partition before the feed read them there).
+
+        :param int since_us: microseconds since the Unix epoch.
+        :param int limit: rows examined at most (the bucket's primary key range).
+        :returns: (N, rows, last): N the current epoch, rows the matches as
+            (change epoch, :class:`Record` with an empty value, value size),
+            last the last key examined, None when the range is exhausted.
+        :raises PartitionUnavailable: when the database does not answer.
+        """
+        low, high = end
+        sql = ("SELECT change_epoch, " + NO_VALUE + ", LENGTH(value) FROM kv_rows"
+               " WHERE bucket = %s AND k > %s AND k >= %s" + (" AND k < %s" if high is not None else "")
+               + " ORDER BY k LIMIT %s")
+        with self._cursor(op="changes") as cursor:
+            cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
+            current = int(cursor.fetchone()[0])
+            params = [bucket, after, low] + ([high] if high is not None else [])
+            cursor.execute(self._sql(sql), params + [limit])
+            rows = [(row[0], record_of(row[1:9]), row[9]) for row in cursor.fetchall()]
+        last = rows[-1][1].key if len(rows) == limit else None
+        return current, [r for r in rows if r[1].modified_us >= since_us], last
+
     def probe_changes(self, since: Optional[int]) -> Tuple[int, List[Tuple[bytes, int]]]:
         """The current change epoch and the newest rows stamped ``since`` or later.
 
