@@ -36,6 +36,9 @@ EMPTY_ROUNDS = 10
 #: A read reuses a settle of the epochs (kv.cluster.watch) at most this old
 #: (seconds), so a write acknowledged before the read is usually in its page.
 READ_SETTLE_SECONDS = 0.005
+#: Rows one catching-up query examines at most (most may be older than the
+#: cursor and passed over).
+CATCH_UP_ROWS = 2000
 _CHECK_BYTES = 8
 
 #: A partition's position: (epoch, key) after the row (epoch, key) in change
@@ -118,8 +121,9 @@ def start(store, bucket: bytes, since: Optional[str]) -> FeedCursor:
     """The cursor of ``since``: ``now`` (None too), ``0`` or a ``next``.
 
     ``now`` starts each partition at its current epoch (a partition that does
-    not answer: at the newest epoch this process has seen of it, else at the
-    beginning; it takes no writes while down, so little is repeated).
+    not answer: at the newest epoch this process has seen of it, else by
+    catching up from now; it takes no writes while down, so little is
+    repeated).
 
     :raises InvalidRequest: for a cursor that is not this bucket's.
     :raises CursorExpired: for one older than ``[sync] tombstone_days``.
@@ -131,7 +135,8 @@ def start(store, bucket: bytes, since: Optional[str]) -> FeedCursor:
             try:
                 positions[name] = (store.partitions[name].probe_changes(None)[0], b"")
             except PartitionUnavailable:
-                positions[name] = (store.notifier.last_epoch.get(name, 1), b"")
+                known = store.notifier.last_epoch.get(name)
+                positions[name] = (known, b"") if known else (0, b"", now, 0)
         return FeedCursor(bucket, now, positions)
     if since == "0":                        # every row of every partition, in key order first
         return FeedCursor(bucket, now, {name: (0, b"", 0, 0) for name in store.names})
@@ -209,7 +214,8 @@ def _read_partition(store, name: str, bucket: bytes, position: Position, end, li
         final, left = (current, b""), False
     else:                        # catching up: every row modified since, in key order
         _, after, since_us, epoch = position
-        current, rows, last = partition.catch_up(bucket, after, end, since_us, limit)
+        current, rows, last = partition.catch_up(bucket, after, end, since_us,
+                                                 max(limit, CATCH_UP_ROWS))
         epoch = epoch or current            # rows stamped from here on come by epoch
         items = [(r.modified_us, name, (0, r.key, since_us, epoch), r, size) for _, r, size in rows]
         final = (0, last, since_us, epoch) if last is not None else (epoch, b"")
