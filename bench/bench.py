@@ -40,6 +40,7 @@ from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
 from variants_bench import variant_runs, variant_summary  # noqa: E402
+from feed_bench import feed_runs, feed_summary  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
@@ -91,7 +92,7 @@ end
 
 def wrk(url, mode, paths, seconds, bodies=None, authorization=None):
     """One wrk run (every request with this Authorization header when
-    given); returns (req/s, p50 ms, p99 ms, errors)."""
+    given); returns (req/s, p50 ms, p99 ms, errors, requests completed)."""
     env = dict(os.environ, BENCH_MODE=mode, BENCH_PATHS=paths)
     if authorization:
         env["BENCH_AUTH"] = authorization
@@ -112,7 +113,8 @@ def wrk(url, mode, paths, seconds, bodies=None, authorization=None):
     # Non-2xx answers, and the socket errors (connect, read, write, timeout).
     errors = re.findall(r"Non-2xx or 3xx responses: (\d+)|"
                         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return rate, ms("50%"), ms("99%"), sum(int(n or 0) for match in errors for n in match)
+    return (rate, ms("50%"), ms("99%"), sum(int(n or 0) for match in errors for n in match),
+            int(re.search(r"(\d+) requests in", out).group(1)))
 
 
 def cpu_seconds(pids):
@@ -150,6 +152,7 @@ def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_requ
     rate = statistics.median(r[0] for r in runs) * per_request
     row = {"workload": name, "rate": rate, "p50": statistics.median(r[1] for r in runs),
            "p99": statistics.median(r[2] for r in runs), "errors": sum(r[3] for r in runs),
+           "requests": sum(r[4] for r in runs),
            "cpu": {g: statistics.median(v) for g, v in cpu.items()}}
     print("  %-34s %10.0f /s  p50 %7.2f ms  p99 %7.2f ms  errors %d  cpu %s" % (
         name, row["rate"], row["p50"], row["p99"], row["errors"],
@@ -267,6 +270,12 @@ def main(argv=None) -> int:
                         help="length of the run that watches each worker's memory (0: skip)")
     parser.add_argument("--only-service", action="store_true",
                         help="skip sync, memory, sysbench and etcd (quick comparisons)")
+    parser.add_argument("--only-feed", action="store_true",
+                        help="run only the change feed's cost on writes (bench/feed_bench.py)")
+    parser.add_argument("--feed-rounds", type=int, default=4,
+                        help="ABBA rounds of the change feed's paired runs (4)")
+    parser.add_argument("--feed-seconds", type=int, default=6,
+                        help="seconds of each of the change feed's wrk runs (6)")
     args = parser.parse_args(argv)
     WORK = tempfile.mkdtemp(prefix="kv-bench-")
     with open(os.path.join(WORK, "bench.lua"), "w") as f:
@@ -306,6 +315,10 @@ def main(argv=None) -> int:
             servers.append(server.start())
             server.apply_schema()
         config = dbservers.write_config(os.path.join(WORK, "c.cfg"), servers, replicas=2)
+        if args.only_feed:
+            feed_runs(results["rows"], servers, rows, paths, bodies, args.feed_seconds,
+                      args.feed_rounds, measure, children, _wait)
+            return _report(results, None)
         port = dbservers.free_port()
         url = "http://127.0.0.1:%d" % port
         command = SERVERS[args.server](port)
@@ -340,6 +353,8 @@ def main(argv=None) -> int:
         service.wait()
         service = None
         variant_runs(table, config, paths, s, max(3, 2 * r), measure, children, _wait)
+        feed_runs(table, servers, rows, paths, bodies, args.feed_seconds, args.feed_rounds,
+                  measure, children, _wait)
         print("web.py floor (bench/floor_app.py: one route, no database, same server):")
         floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
         service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
@@ -404,6 +419,8 @@ def _report(results, started_all) -> int:
             print("%-40s %10.0f /s  p99 %.2f ms" % (row["workload"], row["rate"], row["p99"]))
         if "service GET, base" in by:
             print(variant_summary(by))
+        if "feed PUT, with index" in by:
+            print(feed_summary(by))
         return 0
     get_ratio = by["service GET uniform"]["rate"] / by["etcd v2 GET"]["rate"]
     put_ratio = by["service PUT"]["rate"] / by["etcd v2 PUT"]["rate"]
@@ -436,6 +453,8 @@ def _report(results, started_all) -> int:
         by["service PUT"]["rate"] / by["sysbench oltp_update_index (32 threads)"]["rate"]))
     if "service GET, base" in by:
         print(variant_summary(by))
+    if "feed PUT, with index" in by:
+        print(feed_summary(by))
     if "web.py floor (no database)" in by:
         print("service/web.py floor GET=%.2f" % (
             by["service GET uniform"]["rate"] / by["web.py floor (no database)"]["rate"]))
