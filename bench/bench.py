@@ -274,8 +274,8 @@ def main(argv=None) -> int:
                         help="run only the change feed's cost on writes (bench/feed_bench.py)")
     parser.add_argument("--feed-rounds", type=int, default=4,
                         help="ABBA rounds of the change feed's paired runs (4)")
-    parser.add_argument("--feed-seconds", type=int, default=6,
-                        help="seconds of each of the change feed's wrk runs (6)")
+    parser.add_argument("--feed-seconds", type=int, default=5,
+                        help="seconds of each of the change feed's wrk runs (5)")
     args = parser.parse_args(argv)
     WORK = tempfile.mkdtemp(prefix="kv-bench-")
     with open(os.path.join(WORK, "bench.lua"), "w") as f:

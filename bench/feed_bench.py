@@ -43,7 +43,9 @@ import dbservers  # noqa: E402  (test helper, on sys.path through bench.py)
 from kv.cluster.watch import CLOSE_BACKOFF_SECONDS, TICK_SECONDS
 from kv.configuration import PartitionSettings
 from kv.errors import PartitionUnavailable
+from kv.records import Condition, put_record
 from kv.storage.engines import MySQLPartition
+from kv.storage.partition import WriteRequest
 from kvclient import bulk
 from variants_bench import _median_row
 
@@ -175,6 +177,32 @@ class _Watcher:
         self.thread.join(60)
 
 
+def _cpu(pids) -> float:
+    """utime + stime of the processes in seconds (bench.cpu_seconds)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
+
+
+def _drain(groups, most=20.0, idle=0.1):
+    """Wait until the processes of ``groups`` are idle (under ``idle`` CPU
+    seconds in half a second), at most ``most`` seconds: wrk leaves up to 32
+    requests in flight when it stops, and 32 batches of 1,000 keys take the
+    servers 2 to 5 s, which would fall on the next run."""
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        before = sum(_cpu(pids()) for pids in groups.values())
+        time.sleep(0.5)
+        if sum(_cpu(pids()) for pids in groups.values()) - before < idle:
+            return
+
+
 def _written(servers, database, epochs):
     """The distinct keys of bucket default stamped with ``epochs`` (one per
     server) or later, on any partition."""
@@ -211,6 +239,60 @@ def _watched_run(url, servers, partitions, measure, args):
                  "distinct_written": len(written), "missing": len(written - watcher.keys),
                  "statuses": {str(k): v for k, v in watcher.statuses.items()},
                  "incomplete_pages": watcher.incomplete, "caught_up": not watcher.thread.is_alive()}
+
+
+def _direct_block(partition, server, keys, mode):
+    """Close ``partition``'s epoch, then write ``keys`` of bucket default
+    once each through the partition itself (no HTTP): ``batch``, in
+    write_many calls of 1,000 keys (POST /batch's path); ``put``, one
+    unconditional single-key write after another (PUT's one-round-trip
+    path, one durable commit each).  :returns: (keys, wall seconds,
+    CPU seconds of the server's mariadbd, until it is idle again: the purge
+    of the index entries the writes replaced runs after them)."""
+    server_pids = {"mariadbd": lambda: [server.process.pid]}
+    _close_all([partition])
+    _drain(server_pids, 10, 0.02)
+    cpu, started = _cpu([server.process.pid]), time.monotonic()
+    value = b"direct %f" % started
+    if mode == "batch":
+        def apply(current, now, unknown):
+            return {k: put_record(b"default", k, value, None, Condition(), r, now)
+                    for k, r in current.items()}
+        for i in range(0, len(keys), 1000):
+            partition.write_many(b"default", keys[i:i + 1000], apply)
+    else:
+        for k in keys:
+            partition.write(WriteRequest(b"default", k, lambda current, now, k=k: put_record(
+                b"default", k, value, None, Condition(), current, now), overwrite=(value, None)))
+    wall = time.monotonic() - started
+    _drain(server_pids, 10, 0.02)
+    return len(keys), wall, _cpu([server.process.pid]) - cpu
+
+
+def _direct_runs(servers, partitions, pairs):
+    """MariaDB's own cost of the index, without HTTP and wrk: blocks of
+    writes on partition-1 of each database in turn (ABBA), every key moving
+    its index entry (the epoch is closed before each block).  :returns: one
+    table row per (path, variant), rate in keys/s and CPU in s/s as measure's
+    rows, from the sums over the blocks."""
+    keys = [bytes(k) for (k,) in servers[0].execute(
+        "SELECT k FROM kvfeed_with.kv_rows WHERE bucket = 'default' ORDER BY k LIMIT 5000")]
+    names = [name for name, _, _ in DATABASES]
+    sums = {}
+    for mode, count in (("batch", 5000), ("put", 400)):
+        for pair in range(2 * pairs):
+            for name in (names if pair % 2 == 0 else names[::-1]):
+                done, wall, cpu = _direct_block(partitions[name][0], servers[0],
+                                                keys[:count], mode)
+                total = sums.setdefault((mode, name), [0, 0.0, 0.0])
+                total[0] += done
+                total[1] += wall
+                total[2] += cpu
+    rows = []
+    for (mode, name), (done, wall, cpu) in sums.items():
+        rows.append({"workload": "feed direct %s, %s" % (mode, name), "rate": done / wall,
+                     "p50": None, "p99": 0.0, "errors": 0, "cpu": {"mariadb": cpu / wall}})
+    return rows
 
 
 def feed_runs(table, servers, rows, paths, bodies, seconds, rounds, measure, children, wait):
@@ -266,6 +348,7 @@ def feed_runs(table, servers, rows, paths, bodies, seconds, rounds, measure, chi
                 _close_all(partitions[name])
                 row = measure(*args, **kw)
             found.setdefault(row["workload"], []).append(row)
+            _drain(groups)
 
         for round_ in range(rounds):
             order = names if round_ % 2 == 0 else names[::-1]
@@ -279,6 +362,8 @@ def feed_runs(table, servers, rows, paths, bodies, seconds, rounds, measure, chi
                     continue
                 for name in order:
                     run(label, name, mode, **kw)
+        for row in _direct_runs(servers, partitions, 2):
+            found[row["workload"]] = [row]
     finally:
         quiet.setLevel(level)
         for _, process in services.values():
@@ -324,12 +409,22 @@ def _pair(by, label, unit, suffix="") -> str:
     return line
 
 
+def _direct(by, mode) -> str:
+    a, b = by["feed direct %s, with index" % mode], by["feed direct %s, without index" % mode]
+    return "with=%.1f us without=%.1f us (%+.1f us, %+.0f%%)" % (
+        _per_write_us(a), _per_write_us(b), _per_write_us(a) - _per_write_us(b),
+        (_per_write_us(a) / _per_write_us(b) - 1) * 100)
+
+
 def feed_summary(by) -> str:
     """The lines of the change feed's figures (see the module docstring)."""
     batch = "POST /batch (keys/s)"
     plain, watched = by["feed PUT, with index"], by["feed PUT, with index + watcher"]
     counts = watched["watcher"]
     return "\n".join((
+        "feed index, MariaDB CPU per key written, every write moving its entry (partition-1, "
+        "no HTTP): write_many of 1,000 %s; single-key writes %s" % (
+            _direct(by, "batch"), _direct(by, "put")),
         "feed index PUT: " + _pair(by, "PUT", "req/s"),
         "feed index POST /batch: " + _pair(by, batch, "keys/s"),
         "feed index POST /batch, epochs closed every 50 ms: " + _pair(by, batch, "keys/s",
