@@ -6,7 +6,9 @@ buffer pool the data fits in), the service in its production configuration
 (granian, README), loads 100,000 keys of ../shared/data/npm-packages.tsv,
 then runs wrk (32 connections, REPS x SECONDS, medians) for each workload
 and for web.py's floor (bench/floor_app.py: one route, no database),
-watches each worker's memory through a long YCSB-B run, times a sync pass
+watches each worker's memory through a long YCSB-B run, measures the
+paired variants (bench/variants_bench.py) and the change feed's cost on
+writes (bench/feed_bench.py; ``--only-feed`` runs that alone), times a sync pass
 and the rebalance onto a 4th partition, runs sysbench on the same servers and
 wrk against etcd.  Prints one table (req/s, p50, p99, CPU seconds per second
 of each process group), writes it to bench/results/, and ends with one line

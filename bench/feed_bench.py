@@ -23,6 +23,11 @@ times a run).  The watcher row runs one thread looping
 ``GET /buckets/default/changes?wait=30&since=<next>`` (limit 1000) and
 counts the entries it receives against the distinct keys written in the run
 (read back from the database: the rows stamped with the run's epochs).
+After each run it waits for the servers to go idle (wrk stops with 32
+requests in flight; 32 batches take 2 to 5 s, which fell on the next run).
+Last, MariaDB's own cost of the index without HTTP: write_many of 1,000
+keys and single-key writes on partition-1 of each database in turn, the
+epoch closed before each block, so that every key moves its entry.
 
 Printed: one line per figure (``feed index PUT: with=... without=...
 without/with=...``), with MariaDB's CPU per write (CPU seconds of the 3
@@ -306,7 +311,8 @@ def feed_runs(table, servers, rows, paths, bodies, seconds, rounds, measure, chi
           "(python -m kv.serve, ABBA):" % INDEX, flush=True)
     started = time.monotonic()
     quiet = logging.getLogger("kv.partition")     # the closes that time out: counted instead
-    level, quiet.level = quiet.level, logging.ERROR
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         for name, database, keep in DATABASES:
             partitions[name] = _database(servers, database, keep)
