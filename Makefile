@@ -78,7 +78,7 @@ load: $(STAMP)  ## load the npm data set into the running service, then verify i
 	$(VENV)/bin/kv load --url $(URL) --verify $(DATA)
 
 # Side-by-side benchmark (not part of make test): the service, sysbench, etcd v2.
-bench: $(STAMP) mariadb  ## the side-by-side benchmark (about 18 minutes)
+bench: $(STAMP) mariadb  ## the side-by-side benchmark (about 22 minutes)
 	@command -v wrk >/dev/null && command -v sysbench >/dev/null && command -v etcd >/dev/null || \
 	  { $(APT) update -q && $(APT) install -y -q wrk sysbench etcd-server; }
 	$(PY) bench/bench.py
