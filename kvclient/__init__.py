@@ -27,6 +27,9 @@ The package imports no module of the server.  Its parts:
   :meth:`Store.start_session` returns;
 - :mod:`kvclient.records`: :class:`Record`, the decoding of JSON records
   and the API's time format;
+- :mod:`kvclient.watch`: :class:`Watcher`, what :meth:`Store.watch` returns
+  (the change feed, with reconnection and resumption), and its
+  :class:`Change` and :class:`Page`;
 - :mod:`kvclient.errors`: :class:`KVError` and its subclasses;
 - :mod:`kvclient.cli`: the ``kv`` command line (arguments, exit codes), with
   its single-key and health commands in :mod:`kvclient.commands`, load and
@@ -40,14 +43,16 @@ The package imports no module of the server.  Its parts:
 This module re-exports the library's public names.
 """
 
-from kvclient.errors import (BadRequest, Conflict, Forbidden, Indeterminate, InvalidKey, KVError,
-                             NotFound, PreconditionFailed, ServerError, TooLarge, Unauthorized,
-                             Unavailable)
+from kvclient.errors import (BadRequest, Conflict, CursorExpired, Forbidden, Indeterminate,
+                             InvalidKey, KVError, NotFound, PreconditionFailed, ServerError,
+                             TooLarge, Unauthorized, Unavailable)
 from kvclient.records import Record, decode_value, format_time, parse_time
 from kvclient.sessions import SessionStore
 from kvclient.store import Store, connect
+from kvclient.watch import Change, Page, Watcher
 
 __all__ = ["connect", "Store", "SessionStore", "Record", "decode_value", "parse_time", "format_time",
            "KVError",
            "NotFound", "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict", "TooLarge",
-           "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden"]
+           "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden", "CursorExpired",
+           "Watcher", "Change", "Page"]

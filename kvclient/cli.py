@@ -2,8 +2,8 @@
 
     kv [--url URL] [--json] [--token T | --user U] COMMAND ...
 
-Commands: get, set, create, delete, ls, load, dump, restore, rm (in one
-bucket: ``--bucket``, default the bucket "default"); buckets, across,
+Commands: get, set, create, delete, ls, watch, load, dump, restore, rm (in
+one bucket: ``--bucket``, default the bucket "default"); buckets, across,
 health; user, app, token, rule, whoami, check (administration);
 ``kv COMMAND --help`` tells more.  Output is for humans unless ``--json``
 is given.
@@ -19,13 +19,14 @@ $KV_USER.  The URL defaults to $KV_URL; without a scheme, http:// is assumed
 exit codes: 0 ok (kv check: allowed), 1 not found (kv check: denied),
 2 usage or invalid input, 3 precondition failed or conflict, 4 unavailable
 (or a server error; kv health: degraded), 5 unauthorized (401: no valid
-credentials), 6 forbidden (403: no rule allows it), 130 interrupted
-(Ctrl-C), 141 the reader of the output went away (kv dump | head)."""
+credentials), 6 forbidden (403: no rule allows it), 7 the change feed cursor
+expired (kv watch: 410), 130 interrupted (Ctrl-C), 141 the reader of the
+output went away (kv dump | head)."""
 
 _DOC = """
 This module parses the arguments, resolves the credentials, runs the command
 and turns the client's errors into exit codes; the single-key,
-cross-bucket and health commands are in :mod:`kvclient.commands`, load and
+watch, cross-bucket and health commands are in :mod:`kvclient.commands`, load and
 restore in :mod:`kvclient.bulk`, dump and rm in :mod:`kvclient.ranges`, the
 administration commands in :mod:`kvclient.admin`.  Ctrl-C ends any command
 with one line and exit 130; a closed stdout (``kv dump | head``) ends it
@@ -43,8 +44,9 @@ from kvclient import admin
 from kvclient.bulk import cmd_load, cmd_restore
 from kvclient.commands import (EXIT_BROKEN_PIPE, EXIT_FORBIDDEN, EXIT_INTERRUPTED, EXIT_NOT_FOUND,
                                EXIT_PRECONDITION, EXIT_UNAUTHORIZED, EXIT_UNAVAILABLE, EXIT_USAGE,
-                               cmd_across, cmd_buckets, cmd_create, cmd_delete, cmd_get,
-                               cmd_health, cmd_ls, cmd_set, open_store, print_json)
+                               WATCH_FORMAT, cmd_across, cmd_buckets, cmd_create, cmd_delete,
+                               cmd_get, cmd_health, cmd_ls, cmd_set, cmd_watch, open_store,
+                               print_json)
 from kvclient.connection import service_url
 from kvclient.ranges import cmd_dump, cmd_rm
 from kvclient.rows import TSV_HELP
@@ -72,6 +74,14 @@ def _positive(text: str) -> int:
         number = 0
     if number < 1:
         raise argparse.ArgumentTypeError("%r is not a whole number from 1 up" % text)
+    return number
+
+
+def _wait_seconds(text: str) -> int:
+    """An argparse type: a long poll's wait, 1 to 30 seconds (API.md)."""
+    number = _positive(text)
+    if number > 30:
+        raise argparse.ArgumentTypeError("%r is more than 30 seconds" % text)
     return number
 
 
@@ -117,8 +127,8 @@ def parser() -> argparse.ArgumentParser:
     keyed = argparse.ArgumentParser(add_help=False, parents=[common])
     for parser_, defaults in ((main, True), (keyed, False)):
         parser_.add_argument("--bucket", default=None if defaults else argparse.SUPPRESS,
-                             help='the bucket of get, set, create, delete, ls, load, dump, '
-                                  'restore and rm (default: "default", the /keys routes)')
+                             help='the bucket of get, set, create, delete, ls, watch, load, '
+                                  'dump, restore and rm (default: "default", the /keys routes)')
     sub = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("get", parents=[keyed], help="print a value (or its record with --json)")
@@ -149,6 +159,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--values", action="store_true", help="print values too")
     p.add_argument("--long", action="store_true", help="print version and modified time")
     p.set_defaults(run=cmd_ls)
+    p = sub.add_parser("watch", parents=[keyed], help="print each change as it happens",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Print each change of the bucket (under --prefix) as it "
+                       "happens, until Ctrl-C\n(the change feed, long polls of GET /changes).",
+                       epilog=WATCH_FORMAT)
+    p.add_argument("--prefix", help="only keys starting with this")
+    p.add_argument("--values", action="store_true", help="print values too")
+    p.add_argument("--cursor-file", metavar="FILE",
+                   help="resume from the cursor in FILE and keep it there (see below)")
+    p.add_argument("--since", choices=["now", "0"], default="now",
+                   help="without a kept cursor: now (only new changes, the default) or 0 "
+                        "(everything still retained first)")
+    p.add_argument("--restart", action="store_true",
+                   help="on an expired cursor (410), start again from now instead of exit 7")
+    p.add_argument("--wait", type=_wait_seconds, default=30, metavar="N",
+                   help="seconds each long poll may wait, 1 to 30 (30)")
+    p.set_defaults(run=cmd_watch)
     for name, run, help_text in (
             ("load", cmd_load, "load a TSV (first column = key) or JSON-lines file"),
             ("restore", cmd_restore, "load a kv dump (JSON lines; - for stdin)")):

@@ -1,5 +1,5 @@
 """This module provides the single-key commands of ``kv`` (get, set, create,
-delete, ls), the cross-bucket ones (buckets, across), health, the exit codes every
+delete, ls), watch, the cross-bucket ones (buckets, across), health, the exit codes every
 command returns, :func:`open_store`, and the output helpers that the bulk
 and administration commands (:mod:`kvclient.bulk`, :mod:`kvclient.admin`) share.
 
@@ -10,13 +10,18 @@ the errors it raises are turned into exit codes by :func:`kvclient.cli.main`.
 
 import base64
 import json
+import logging
+import os
 import sys
+import tempfile
 
+from kvclient.errors import CursorExpired
 from kvclient.records import Record, format_time
 from kvclient.store import PAGE, connect
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_PRECONDITION, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 EXIT_UNAUTHORIZED, EXIT_FORBIDDEN = 5, 6
+EXIT_EXPIRED = 7                 # kv watch: the cursor is older than the tombstone window (410)
 EXIT_DENIED = 1                  # kv check: the request would be denied
 EXIT_INTERRUPTED = 130           # Ctrl-C: 128 + SIGINT, as shells report it
 EXIT_BROKEN_PIPE = 141           # the reader of stdout went away: 128 + SIGPIPE, as for cat
@@ -183,4 +188,114 @@ def cmd_across(store, args) -> int:
             print_json({"bucket": bucket, "record": record_json(record)})
         else:
             print("%s\t%s" % (bucket, value_text(record.value)))
+    return EXIT_OK
+
+
+WATCH_FORMAT = """\
+output: one line per change, tab-separated, as it happens:
+  KEY <TAB> vVERSION <TAB> set|deleted [<TAB> VALUE]
+VALUE (with --values; empty for a deleted key) is the value as it is when it
+is UTF-8 without tabs or line breaks, else "base64:" and its base64.  With
+--json, each line is instead the API's change object (key, version, modified,
+deleted, expires; value and encoding with --values).  A key written several
+times quickly may show once, with its newest version; a change may show twice
+after a reconnection (at least once).
+
+--cursor-file FILE: the cursor is read from FILE when it exists (it wins over
+--since) and replaced (atomically) after every answer, once its lines are
+printed, so a new kv watch with the same FILE resumes where this one stopped.
+A lost connection or a server restart is retried without end (a line on
+stderr when it fails, one when it answers again), from the same cursor, so
+the changes made meanwhile are printed once it answers.  Exit 7 when the cursor
+is older than the server's tombstone window (410), unless --restart: then it
+says so on stderr and starts again from now.  Ctrl-C: exit 130."""
+
+
+def _watch_line(change, values: bool) -> str:
+    """A change as one line of ``kv watch`` (see WATCH_FORMAT)."""
+    fields = [change.key, "v%d" % change.version, "deleted" if change.deleted else "set"]
+    if values:
+        value = change.value or b""
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or any(c in text for c in "\t\n\r"):
+            text = "base64:" + base64.b64encode(value).decode("ascii")
+        fields.append(text)
+    return "\t".join(fields)
+
+
+def _change_json(change, values: bool) -> dict:
+    """A change as API.md's change object (``kv watch --json``)."""
+    doc = {"key": change.key, "version": change.version,
+           "modified": format_time(change.modified), "deleted": change.deleted,
+           "expires": format_time(change.expires)}
+    if values and change.value is not None:
+        try:
+            doc["value"], doc["encoding"] = change.value.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            doc["value"] = base64.b64encode(change.value).decode("ascii")
+            doc["encoding"] = "base64"
+    return doc
+
+
+def read_cursor(path: str):
+    """The cursor kept in ``path``, or None when the file is absent or empty."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_cursor(path: str, cursor: str) -> None:
+    """Replace ``path`` with ``cursor`` atomically: written to a temporary
+    file in the same directory, flushed to disk, then renamed over it
+    (rename is atomic on POSIX), so a crash leaves the old or the new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=".kv-cursor-", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(cursor + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def cmd_watch(store, args) -> int:
+    """Print each change of the bucket's feed as it happens (WATCH_FORMAT),
+    until Ctrl-C; exit 7 on an expired cursor unless --restart."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kv: watch: %(message)s"))
+    logger = logging.getLogger("kvclient.watch")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    kept = read_cursor(args.cursor_file) if args.cursor_file else None
+    try:
+        watcher = store.watch(prefix=args.prefix or "", since=args.since, values=args.values,
+                              wait=args.wait, cursor=kept, restart=args.restart)
+        with watcher:
+            if args.cursor_file and watcher.cursor not in (kept, "now", "0"):
+                write_cursor(args.cursor_file, watcher.cursor)     # the position "now" fixed
+                kept = watcher.cursor
+            for page in watcher.pages():
+                for change in page.changes:
+                    if args.json:
+                        print_json(_change_json(change, args.values))
+                    else:
+                        print(_watch_line(change, args.values))
+                sys.stdout.flush()
+                if args.cursor_file and page.cursor != kept:
+                    write_cursor(args.cursor_file, page.cursor)
+                    kept = page.cursor
+    except CursorExpired as e:
+        print("kv: watch: %s (run again with --restart to start from now)" % e.message,
+              file=sys.stderr)
+        return EXIT_EXPIRED
+    finally:
+        logger.removeHandler(handler)
     return EXIT_OK

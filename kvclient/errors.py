@@ -4,7 +4,8 @@
 failures catch it too); the leaves also inherit the builtin they mean, as
 requests does: :class:`NotFound` is a ``KeyError``, :class:`InvalidKey`,
 :class:`BadRequest` and :class:`TooLarge` are ``ValueError``;
-:class:`Unauthorized` (401) and :class:`Forbidden` (403) are ``PermissionError``.
+:class:`Unauthorized` (401) and :class:`Forbidden` (403) are ``PermissionError``;
+:class:`CursorExpired` (410) is what a change feed watch raises on an old cursor.
 :func:`error_for` is the one place an HTTP answer becomes one of them.
 """
 
@@ -12,7 +13,8 @@ import re
 from typing import Optional
 
 __all__ = ["KVError", "NotFound", "InvalidKey", "BadRequest", "PreconditionFailed", "Conflict",
-           "TooLarge", "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden", "error_for"]
+           "TooLarge", "Unavailable", "Indeterminate", "ServerError", "Unauthorized", "Forbidden",
+           "CursorExpired", "error_for"]
 
 
 class KVError(OSError):
@@ -84,6 +86,14 @@ class Forbidden(KVError, PermissionError):
     verb on this bucket and key.  Never retried."""
 
 
+class CursorExpired(KVError):
+    """410 ``cursor_expired``: a change feed cursor is older than the
+    server's tombstone window (``[sync] tombstone_days``), so the feed cannot
+    promise every change since it (API.md "Change feed (watch)").  Start
+    again from ``since="now"`` (changes in between are not delivered) or
+    ``since="0"`` (everything still retained), after rereading what you keep."""
+
+
 class ServerError(KVError):
     """Any other 5xx."""
 
@@ -105,8 +115,9 @@ def error_for(response) -> KVError:
     elif status == 400:
         cls = InvalidKey if code == "invalid_key" else BadRequest
     else:
-        cls = {401: Unauthorized, 403: Forbidden, 409: Conflict, 412: PreconditionFailed, 413: TooLarge,
-               503: Unavailable}.get(status, ServerError if status >= 500 else KVError)
+        cls = {401: Unauthorized, 403: Forbidden, 409: Conflict, 410: CursorExpired,
+               412: PreconditionFailed, 413: TooLarge, 503: Unavailable}.get(
+                   status, ServerError if status >= 500 else KVError)
     exc = cls(status, code, message)
     if isinstance(exc, Unavailable) and response.headers.get("Retry-After", "").isdigit():
         exc.retry_after = int(response.headers["Retry-After"])

@@ -39,6 +39,7 @@ from kvclient.connection import authorization, service_url
 from kvclient.errors import Indeterminate, NotFound, Unavailable, error_for
 from kvclient.records import Record, decode_value
 from kvclient.tenants import TenantsMixin, quote_key, segment
+from kvclient.watch import Watcher
 
 __all__ = ["connect", "Store"]
 
@@ -389,6 +390,14 @@ class Store(TenantsMixin):
         value and expiry, lazily; ``etag`` and ``created`` are None (a listing
         does not carry them)."""
         return map(Record.from_json, self.records(prefix))
+
+    def watch(self, prefix: str = "", since: str = "now", values: bool = False, wait: int = 30,
+              cursor: Optional[str] = None, **options) -> Watcher:
+        """Follow this bucket's change feed: ``for change in store.watch(prefix="cfg/")``
+        yields each :class:`kvclient.watch.Change`, reconnecting and resuming by
+        itself.  Arguments (``options``: restart, max_backoff, give_up_after, dedupe,
+        limit), cursor and errors: :class:`kvclient.watch.Watcher`'s."""
+        return Watcher(self, prefix, since, values, wait, cursor, **options)
 
     # many at once
     def batch(self, ops: List[dict]) -> List[dict]:
