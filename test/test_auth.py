@@ -219,32 +219,32 @@ class AuthTest(AuthFixture, unittest.TestCase):
 
     # -- change feed ---------------------------------------------------------------
     def test_change_feed_is_filtered_as_listings_and_its_cursor_sealed(self):
-        erin = bearer(self.token_for_new_user("erin"))
-        self.rule(effect="allow", principal="user:erin", verbs=["list"], bucket="chg",
+        fay = bearer(self.token_for_new_user("fay"))
+        self.rule(effect="allow", principal="user:fay", verbs=["list"], bucket="chg",
                   keys="shared/#")
-        self.rule(effect="allow", principal="user:erin", verbs=["read"], bucket="chg",
+        self.rule(effect="allow", principal="user:fay", verbs=["read"], bucket="chg",
                   keys="shared/readable/#")
-        start = expect(self.call("GET", "/buckets/chg/changes", None, erin), 200)["next"]
+        start = expect(self.call("GET", "/buckets/chg/changes", None, fay), 200)["next"]
         hidden = ["hidden-%d" % i for i in range(5)] + ["sharedx"]
         shown = ["shared/readable/1", "shared/x"]
         ops = [{"op": "put", "bucket": "chg", "key": k, "value": "val-" + k}
                for k in hidden + shown]
         expect(self.call("POST", "/batch", {"ops": ops}, self.admin), 200)
         page = expect(self.call("GET", "/buckets/chg/changes?values=true&since="
-                                + urllib.parse.quote(start), None, erin), 200)
+                                + urllib.parse.quote(start), None, fay), 200)
         self.assertEqual(sorted((c["key"], c.get("value")) for c in page["changes"]),
                          [("shared/readable/1", "val-shared/readable/1"), ("shared/x", None)])
         self.assertNotRevealed(page["next"], hidden + ["chg"])
         everything = expect(self.call("GET", "/buckets/chg/changes?since=0", None, self.admin),
                             200)
         self.assertEqual(len(everything["changes"]), len(hidden + shown))
-        self.assertEqual(self.status("GET", "/buckets/chg/changes?prefix=hidden", erin), 403)
-        self.assertEqual(self.status("GET", "/buckets/other/changes", erin), 403)
+        self.assertEqual(self.status("GET", "/buckets/chg/changes?prefix=hidden", fay), 403)
+        self.assertEqual(self.status("GET", "/buckets/other/changes", fay), 403)
         self.assertEqual(self.status("GET", "/buckets/chg/changes", {}), 401)
         raw = FeedCursor(b"chg", int(time.time() * 1e6), {}).encode()   # valid, but not sealed
         for bad in (raw, page["next"][:-3]):
             response = self.call("GET", "/buckets/chg/changes?since=" + urllib.parse.quote(bad),
-                                 None, erin)
+                                 None, fay)
             self.assertEqual((response.status, error_code(response)), (400, "bad_request"))
 
     # -- listings -----------------------------------------------------------------
