@@ -41,6 +41,7 @@ import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
 from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
+from processes import cpu_seconds  # noqa: E402
 from variants_bench import variant_runs, variant_summary  # noqa: E402
 from feed_bench import feed_runs, feed_summary  # noqa: E402
 
@@ -117,19 +118,6 @@ def wrk(url, mode, paths, seconds, bodies=None, authorization=None):
                         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return (rate, ms("50%"), ms("99%"), sum(int(n or 0) for match in errors for n in match),
             int(re.search(r"(\d+) requests in", out).group(1)))
-
-
-def cpu_seconds(pids):
-    """utime + stime of the processes and their children threads, in seconds."""
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return total
 
 
 def children(pid):

@@ -52,6 +52,7 @@ from kv.records import Condition, put_record
 from kv.storage.engines import MySQLPartition
 from kv.storage.partition import WriteRequest
 from kvclient import bulk
+from processes import cpu_seconds
 from variants_bench import _median_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,19 +183,6 @@ class _Watcher:
         self.thread.join(60)
 
 
-def _cpu(pids) -> float:
-    """utime + stime of the processes in seconds (bench.cpu_seconds)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            pass
-    return total
-
-
 def _drain(groups, most=20.0, idle=0.1):
     """Wait until the processes of ``groups`` are idle (under ``idle`` CPU
     seconds in half a second), at most ``most`` seconds: wrk leaves up to 32
@@ -202,9 +190,9 @@ def _drain(groups, most=20.0, idle=0.1):
     servers 2 to 5 s, which would fall on the next run."""
     deadline = time.monotonic() + most
     while time.monotonic() < deadline:
-        before = sum(_cpu(pids()) for pids in groups.values())
+        before = sum(cpu_seconds(pids()) for pids in groups.values())
         time.sleep(0.5)
-        if sum(_cpu(pids()) for pids in groups.values()) - before < idle:
+        if sum(cpu_seconds(pids()) for pids in groups.values()) - before < idle:
             return
 
 
@@ -257,7 +245,7 @@ def _direct_block(partition, server, keys, mode):
     server_pids = {"mariadbd": lambda: [server.process.pid]}
     _close_all([partition])
     _drain(server_pids, 10, 0.02)
-    cpu, started = _cpu([server.process.pid]), time.monotonic()
+    cpu, started = cpu_seconds([server.process.pid]), time.monotonic()
     value = b"direct %f" % started
     if mode == "batch":
         def apply(current, now, unknown):
@@ -271,7 +259,7 @@ def _direct_block(partition, server, keys, mode):
                 b"default", k, value, None, Condition(), current, now), overwrite=(value, None)))
     wall = time.monotonic() - started
     _drain(server_pids, 10, 0.02)
-    return len(keys), wall, _cpu([server.process.pid]) - cpu
+    return len(keys), wall, cpu_seconds([server.process.pid]) - cpu
 
 
 def _direct_runs(servers, partitions, pairs):

@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from kv.processes import alive
+
 __all__ = ["MULTIPROCESS", "REGISTRY", "enable", "enabled", "observe_request", "observe_query",
            "count_partition_error", "count_auth", "exposition", "prepare_directory",
            "mark_dead_workers", "ENV"]
@@ -211,18 +213,8 @@ def mark_dead_workers(path: Optional[str] = None) -> int:
     dead = set()
     for name in glob.glob(os.path.join(path, "*.db")):
         pid = os.path.basename(name)[:-3].rpartition("_")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             dead.add(int(pid))
     for pid in dead:
         mark_process_dead(pid, path)
     return len(dead)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -11,6 +11,7 @@ from typing import List, Optional, Set
 
 from kv.errors import PartitionUnavailable
 from kv.placement import placement
+from kv.processes import alive
 from kv.records import Record, winner_key
 
 LEASE_SECONDS = 60             # a holder that stops renewing loses the lock after this
@@ -173,7 +174,7 @@ class Sync:
             host, _, pid = holder.rpartition(":")
             if now - updated > LEASE_SECONDS * 1_000_000:
                 return False
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
                 return False
             seen["holder"] = "%s (renewed %.0f s ago)" % (holder, (now - updated) / 1e6)
             return True
@@ -214,13 +215,3 @@ def _concurrent(a: Record, b: Record) -> bool:
     if winner_key(a) == winner_key(b):
         return False
     return (a.version > b.version) != (a.modified_us > b.modified_us) or a.version == b.version
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
