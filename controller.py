@@ -36,7 +36,7 @@ from kv.http.conditional import check_read_condition, not_modified, record_heade
 from kv.http.errors import CLIENT_ERRORS, HTTPProblem, problem_of
 from kv.http.negotiation import check_accept, endpoint, format_override, render_problem, require
 from kv.http.representations import BATCH, DOCUMENT, EMPTY, HEALTH, LISTING, RECORD, record_json
-from kv.http.paging import page_args, paged
+from kv.http.paging import page_args, paged, values_arg
 from kv.http.routing import admin_only, check_parameters, no_method
 from kv.http.request import (path_bucket_key, path_parts, public_bucket, query, read_body,
                              read_write_request, request_media_type)
@@ -124,9 +124,7 @@ class KeyList:
     @endpoint(LISTING)
     def GET(self, *_):
         q = query()
-        values = q.get("values", "false")
-        if values not in ("true", "false"):
-            raise InvalidRequest("values must be true or false")
+        values = values_arg()
         bucket, _ = path_bucket_key()
         limit, cursor = page_args()
         access = web.ctx.access
@@ -139,7 +137,7 @@ class KeyList:
             visible = listable
         listing = web.ctx.store.list(bucket, q.get("prefix", "").encode("utf-8"),
                                      listing_delimiter().encode("utf-8"),
-                                     cursor, limit, values == "true", visible)
+                                     cursor, limit, values, visible)
         if access.enabled and listing.values:
             listing.items = [r if access.may("read", bucket, r.key) else r._replace(value=None)
                              for r in listing.items]

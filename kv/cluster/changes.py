@@ -120,24 +120,20 @@ class ChangePage:
 def start(store, bucket: bytes, since: Optional[str]) -> FeedCursor:
     """The cursor of ``since``: ``now`` (None too), ``0`` or a ``next``.
 
-    ``now`` starts each partition at its current epoch (a partition that does
-    not answer: at the newest epoch this process has seen of it, else by
-    catching up from now; it takes no writes while down, so little is
-    repeated).
+    ``now`` starts each partition at the current epoch that the settle just
+    before read (:attr:`kv.cluster.watch.ChangeNotifier.last_epoch`; a
+    partition that does not answer: the newest this process has seen of
+    it, else by catching up from now; it takes no writes while down, so
+    little is repeated).
 
     :raises InvalidRequest: for a cursor that is not this bucket's.
     :raises CursorExpired: for one older than ``[sync] tombstone_days``.
     """
     now = store.clock()
-    if since in (None, "now"):
-        positions = {}
-        for name in store.names:
-            try:
-                positions[name] = (store.partitions[name].probe_changes(None)[0], b"")
-            except PartitionUnavailable:
-                known = store.notifier.last_epoch.get(name)
-                positions[name] = (known, b"") if known else (0, b"", now, 0)
-        return FeedCursor(bucket, now, positions)
+    if since in (None, "now"):              # the epochs the settle before this read
+        known = store.notifier.last_epoch
+        return FeedCursor(bucket, now, {name: (known[name], b"") if name in known
+                                        else (0, b"", now, 0) for name in store.names})
     if since == "0":                        # every row of every partition, in key order first
         return FeedCursor(bucket, now, {name: (0, b"", 0, 0) for name in store.names})
     cursor = FeedCursor.decode(since, bucket)

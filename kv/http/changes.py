@@ -6,12 +6,14 @@ data layer's (kv.cluster.changes).
 """
 
 import re
+from typing import Optional
 
 import web
 
 from kv.cluster.changes import MAX_WAIT_SECONDS
 from kv.errors import InvalidRequest
 from kv.http.negotiation import endpoint
+from kv.http.paging import page_args, values_arg
 from kv.http.representations import DOCUMENT, text_of, timestamp
 from kv.http.request import path_bucket_key, query
 
@@ -28,19 +30,16 @@ def entry_json(record, with_value: bool) -> dict:
     return out
 
 
-def _choice(name: str, default: str, allowed) -> str:
-    value = query().get(name, default)
-    if value not in allowed:
-        raise InvalidRequest("%s must be %s" % (name, " or ".join(allowed)))
-    return value
+def _wait() -> Optional[int]:
+    """The ``wait`` parameter: whole seconds, 1 to MAX_WAIT_SECONDS, or None.
 
-
-def _whole(name: str, low: int, high: int):
-    raw = query().get(name)
+    :raises InvalidRequest: for anything else.
+    """
+    raw = query().get("wait")
     if raw is None:
         return None
-    if not re.fullmatch(r"[0-9]{1,5}", raw) or not low <= int(raw) <= high:
-        raise InvalidRequest("%s must be a whole number from %d to %d" % (name, low, high))
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1 <= int(raw) <= MAX_WAIT_SECONDS:
+        raise InvalidRequest("wait must be a whole number from 1 to %d" % MAX_WAIT_SECONDS)
     return int(raw)
 
 
@@ -60,9 +59,9 @@ class Changes:
     def GET(self, *_):
         bucket, _ = path_bucket_key()
         q = query()
-        values = _choice("values", "false", ("true", "false")) == "true"
-        limit = _whole("limit", 1, 1000) or 100
-        wait = _whole("wait", 1, MAX_WAIT_SECONDS)
+        values = values_arg()
+        limit, _ = page_args()                # the feed's position is ``since``, not ``cursor``
+        wait = _wait()
         access = web.ctx.access
         since = q.get("since", "now")
         if since not in ("now", "0"):

@@ -1,6 +1,7 @@
 """This module provides what every paged GET shares (``/keys``, ``/buckets``,
 cross-bucket reads, the admin listings): the ``limit`` and ``cursor``
-parameters (:func:`page_args`) and the sealed ``next`` cursor with its
+parameters (:func:`page_args`), ``values`` of the pages that can carry
+values (:func:`values_arg`: listings, the change feed) and the sealed ``next`` cursor with its
 ``Link`` header (:func:`paged`).  Cursors are sealed by the request's
 :class:`kv.http.access.Access` when authentication is on.
 """
@@ -26,6 +27,17 @@ def page_args() -> Tuple[int, Optional[str]]:
     if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= 1000:
         raise InvalidRequest("limit must be a whole number from 1 to 1000")
     return int(limit), web.ctx.access.unseal(q.get("cursor") or None)
+
+
+def values_arg() -> bool:
+    """The ``values`` parameter: ``true`` or ``false`` (the default).
+
+    :raises InvalidRequest: for any other value.
+    """
+    values = query().get("values", "false")
+    if values not in ("true", "false"):
+        raise InvalidRequest("values must be true or false")
+    return values == "true"
 
 
 def paged(next_cursor: Optional[str],

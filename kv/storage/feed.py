@@ -44,18 +44,15 @@ class FeedCalls:
         :raises PartitionUnavailable: when the database does not answer.
         """
         epoch, key = after
-        low, high = end
+        in_range, bounds = _key_range(end)
         sql = ("SELECT change_epoch, " + NO_VALUE + ", LENGTH(value) FROM kv_rows"
                " WHERE bucket = %s AND change_epoch < %s AND change_epoch > 0"
-               " AND (change_epoch > %s OR (change_epoch = %s AND k > %s)) AND k >= %s"
-               + (" AND k < %s" if high is not None else "")
+               " AND (change_epoch > %s OR (change_epoch = %s AND k > %s))" + in_range
                + " ORDER BY change_epoch, k LIMIT %s")
         with self._cursor(op="changes") as cursor:
-            cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
-            current = int(cursor.fetchone()[0])
-            params = [bucket, current, epoch, epoch, key, low] + ([high] if high is not None else [])
-            cursor.execute(self._sql(sql), params + [limit])
-            return current, [(row[0], record_of(row[1:9]), row[9]) for row in cursor.fetchall()]
+            current = _current_epoch(cursor)
+            cursor.execute(self._sql(sql), [bucket, current, epoch, epoch, key] + bounds + [limit])
+            return current, _rows(cursor)
 
     def catch_up(self, bucket: bytes, after: bytes, end: Tuple[bytes, Optional[bytes]],
                  since_us: int, limit: int) -> Tuple[int, List[Tuple[int, Record, int]],
@@ -73,16 +70,13 @@ class FeedCalls:
             last the last key examined, None when the range is exhausted.
         :raises PartitionUnavailable: when the database does not answer.
         """
-        low, high = end
+        in_range, bounds = _key_range(end)
         sql = ("SELECT change_epoch, " + NO_VALUE + ", LENGTH(value) FROM kv_rows"
-               " WHERE bucket = %s AND k > %s AND k >= %s" + (" AND k < %s" if high is not None else "")
-               + " ORDER BY k LIMIT %s")
+               " WHERE bucket = %s AND k > %s" + in_range + " ORDER BY k LIMIT %s")
         with self._cursor(op="changes") as cursor:
-            cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
-            current = int(cursor.fetchone()[0])
-            params = [bucket, after, low] + ([high] if high is not None else [])
-            cursor.execute(self._sql(sql), params + [limit])
-            rows = [(row[0], record_of(row[1:9]), row[9]) for row in cursor.fetchall()]
+            current = _current_epoch(cursor)
+            cursor.execute(self._sql(sql), [bucket, after] + bounds + [limit])
+            rows = _rows(cursor)
         last = rows[-1][1].key if len(rows) == limit else None
         return current, [r for r in rows if r[1].modified_us >= since_us], last
 
@@ -96,11 +90,29 @@ class FeedCalls:
         :raises PartitionUnavailable: when the database does not answer.
         """
         with self._cursor(op="changes") as cursor:
-            cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
-            current = int(cursor.fetchone()[0])
+            current = _current_epoch(cursor)
             if since is None:
                 return current, []
             cursor.execute(self._sql("SELECT bucket, change_epoch FROM kv_rows"
                                      " WHERE change_epoch >= %s ORDER BY change_epoch DESC LIMIT %s"),
                            (since, PROBE_ROWS))
             return current, [(bytes(row[0]), row[1]) for row in cursor.fetchall()]
+
+
+def _current_epoch(cursor) -> int:
+    """The partition's current (open) change epoch, read on ``cursor``."""
+    cursor.execute("SELECT epoch FROM kv_change_epoch WHERE id = 1")
+    return int(cursor.fetchone()[0])
+
+
+def _key_range(end: Tuple[bytes, Optional[bytes]]) -> Tuple[str, list]:
+    """(SQL condition, its parameters) keeping the keys of ``end``, a
+    (first key, exclusive end or None) range."""
+    low, high = end
+    return (" AND k >= %s AND k < %s", [low, high]) if high is not None else (" AND k >= %s", [low])
+
+
+def _rows(cursor) -> List[Tuple[int, Record, int]]:
+    """The (change epoch, Record without its value, value size) of the rows
+    selected as ``change_epoch, NO_VALUE, LENGTH(value)``."""
+    return [(row[0], record_of(row[1:9]), row[9]) for row in cursor.fetchall()]
