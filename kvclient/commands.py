@@ -12,8 +12,10 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 from kvclient.errors import CursorExpired
 from kvclient.records import Record, format_time
@@ -252,18 +254,28 @@ def read_cursor(path: str):
 def write_cursor(path: str, cursor: str) -> None:
     """Replace ``path`` with ``cursor`` atomically: written to a temporary
     file in the same directory, flushed to disk, then renamed over it
-    (rename is atomic on POSIX), so a crash leaves the old or the new one."""
+    (rename is atomic on POSIX), so a crash leaves the old or the new one.
+    SIGINT and SIGTERM wait until the file is in place (on the main thread),
+    so Ctrl-C never leaves a temporary file behind."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=".kv-cursor-", dir=folder)
+    main = threading.current_thread() is threading.main_thread()
+    held = {signal.SIGINT, signal.SIGTERM}
+    if main:
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(cursor + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        fd, temporary = tempfile.mkstemp(prefix=".kv-cursor-", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(cursor + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    finally:
+        if main:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def cmd_watch(store, args) -> int:
