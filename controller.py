@@ -24,6 +24,7 @@ from datastore import Datastore, open_store
 from kv.auth.directory import Directory
 from kv.errors import InvalidRequest
 from kv.http import admin, devserver
+from kv.http.application import Application
 from kv.http.monitoring import Metrics, RouteTable, request_observer
 from kv.http.openapi import OpenAPIDocument
 from kv.http.pages import Home, deleted_answer
@@ -339,7 +340,7 @@ def _processor(store, authenticate, observe=None):
     def process(handler):
         started = time.perf_counter()
         ctx = web.ctx
-        route, template = _ROUTES.match(ctx.path)
+        route = ctx.kv_route
         ctx.store = store
         ctx.access = OPEN
         ctx.kv_auth = authenticate is not None
@@ -376,17 +377,9 @@ def _processor(store, authenticate, observe=None):
         if ctx.method == "HEAD":
             body = b""
         if observe is not None:
-            observe(ctx, template, code, len(body), started)
+            observe(ctx, ctx.kv_template, code, len(body), started)
         return body
     return process
-
-
-def _whole_body(app):
-    """WSGI middleware: answer with a one-item list (web.py returns a generator),
-    which servers such as granian send in one write without iterating."""
-    def whole(environ, start_response):
-        return [b"".join(app(environ, start_response))]
-    return whole
 
 
 def create_application(config_path=None, store=None):
@@ -412,10 +405,10 @@ def create_application(config_path=None, store=None):
         log.warning("authentication is OFF ([auth] enabled = false): every client may read, "
                     "write and delete every key; turn it on before the service is reachable "
                     "from a network that is not fully trusted")
-    app = web.application(URLS, {}, autoreload=False)
-    app.add_processor(_processor(store, directory and Authenticator(directory),
-                                 request_observer(store.settings.metrics, directory is not None)))
-    wsgi = app.wsgifunc(_whole_body)
+    app = Application(URLS, _ROUTES, _processor(
+        store, directory and Authenticator(directory),
+        request_observer(store.settings.metrics, directory is not None)))
+    wsgi = app.wsgifunc()
     wsgi.store = store
     return wsgi
 

@@ -20,6 +20,7 @@ for scripts: ``service/etcd GET=<ratio> PUT=<ratio>``.
 
 import argparse
 import io
+import resource
 import json
 import os
 import random
@@ -134,9 +135,10 @@ def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_requ
     runs, cpu = [], {}
     for _ in range(reps):
         before = {g: cpu_seconds(pids()) for g, pids in groups.items()}
-        started = time.monotonic()
+        started, waited = time.monotonic(), children_cpu()
         runs.append(wrk(url, mode, paths, seconds, bodies, authorization))
         wall = time.monotonic() - started
+        cpu.setdefault("wrk", []).append((children_cpu() - waited) / wall)
         for g, pids in groups.items():
             cpu.setdefault(g, []).append((cpu_seconds(pids()) - before[g]) / wall)
     rate = statistics.median(r[0] for r in runs) * per_request
@@ -144,10 +146,35 @@ def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_requ
            "p99": statistics.median(r[2] for r in runs), "errors": sum(r[3] for r in runs),
            "requests": sum(r[4] for r in runs),
            "cpu": {g: statistics.median(v) for g, v in cpu.items()}}
-    print("  %-34s %10.0f /s  p50 %7.2f ms  p99 %7.2f ms  errors %d  cpu %s" % (
-        name, row["rate"], row["p50"], row["p99"], row["errors"],
-        " ".join("%s=%.2f" % kv for kv in sorted(row["cpu"].items()))), flush=True)
+    print("  %-34s %10.0f /s  p50 %7.2f ms  p99 %7.2f ms  errors %d  cpu us/request %s" % (
+        name, row["rate"], row["p50"], row["p99"], row["errors"], per_request_cpu(row)),
+        flush=True)
     return row
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children that have
+    been waited for: measured around a wrk run, wrk's own CPU."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def machine_busy() -> float:
+    """Seconds of CPU the whole machine has spent not idle (/proc/stat:
+    every field but idle and iowait), summed over its cores."""
+    with open("/proc/stat") as f:
+        fields = [int(n) for n in f.readline().split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us(row, group) -> float:
+    """CPU microseconds of ``group`` per request (per key for POST /batch) in ``row``."""
+    return row["cpu"][group] / row["rate"] * 1e6
+
+
+def per_request_cpu(row) -> str:
+    """``service 224 + mariadb 60 + wrk 20``: each group's CPU per request, in us."""
+    return " + ".join("%s %.0f" % (g, cpu_us(row, g)) for g in sorted(row["cpu"]))
 
 
 def rss_mib(pid):
@@ -236,16 +263,24 @@ def sysbench_options(server):
 
 
 def sysbench(server, test, threads, seconds, reps):
-    """Median tps of a sysbench oltp test on ``server``."""
+    """Median (tps, p99 ms, CPU s/s) of a sysbench oltp test on ``server``;
+    the CPU holds ``mariadb`` (the server's) and ``machine`` (every core's
+    busy time, /proc/stat: sysbench, the server and the rest)."""
     common = sysbench_options(server)
-    rates, p99s = [], []
+    rates, p99s, cpu = [], [], {"mariadb": [], "machine": []}
     for _ in range(reps):
+        started, busy = time.monotonic(), machine_busy()
+        mariadb = cpu_seconds([server.process.pid])
         out = subprocess.run(["sysbench", test] + common + ["--threads=%d" % threads,
                              "--time=%d" % seconds, "--percentile=99", "run"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout.decode()
+        wall = time.monotonic() - started
+        cpu["machine"].append((machine_busy() - busy) / wall)
+        cpu["mariadb"].append((cpu_seconds([server.process.pid]) - mariadb) / wall)
         rates.append(float(re.search(r"transactions:\s+\d+\s+\(([\d.]+) per sec", out).group(1)))
         p99s.append(float(re.search(r"99th percentile:\s+([\d.]+)", out).group(1)))
-    return statistics.median(rates), statistics.median(p99s)
+    return (statistics.median(rates), statistics.median(p99s),
+            {g: statistics.median(v) for g, v in cpu.items()})
 
 
 def main(argv=None) -> int:
@@ -260,6 +295,9 @@ def main(argv=None) -> int:
                         help="length of the run that watches each worker's memory (0: skip)")
     parser.add_argument("--only-service", action="store_true",
                         help="skip sync, memory, sysbench and etcd (quick comparisons)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only service GET and PUT, the web.py floor and sysbench "
+                             "(the figures of the speed targets, in about 4 minutes)")
     parser.add_argument("--only-feed", action="store_true",
                         help="run only the change feed's cost on writes (bench/feed_bench.py)")
     parser.add_argument("--feed-rounds", type=int, default=4,
@@ -332,19 +370,22 @@ def main(argv=None) -> int:
         table.append(measure("service GET uniform", url, "get", paths, groups, s, r))
         table.append(measure("service GET zipfian", url, "zipf", zipf, groups, s, r))
         table.append(measure("service PUT", url, "put", paths, groups, s, r))
-        table.append(measure("service YCSB-B 95/5", url, "ycsb-b", paths, groups, s, r))
-        table.append(measure("service conditional PUT (If-Match)", url, "cas", paths, groups, s, r))
-        table.append(measure("service list pages of 100", url, "list", lists, groups, s, r))
-        table.append(measure("service POST /batch (keys/s)", url, "batch", paths, groups, s, r,
-                             bodies=bodies, per_request=1000))
-        if args.memory_seconds and not args.only_service:
+        if not args.quick:
+            table.append(measure("service YCSB-B 95/5", url, "ycsb-b", paths, groups, s, r))
+            table.append(measure("service conditional PUT (If-Match)", url, "cas", paths,
+                                 groups, s, r))
+            table.append(measure("service list pages of 100", url, "list", lists, groups, s, r))
+            table.append(measure("service POST /batch (keys/s)", url, "batch", paths, groups,
+                                 s, r, bodies=bodies, per_request=1000))
+        if args.memory_seconds and not (args.only_service or args.quick):
             results["memory"] = memory_run(url, paths, service.pid, args.memory_seconds)
         service.terminate()
         service.wait()
         service = None
-        variant_runs(table, config, paths, s, max(3, 2 * r), measure, children, _wait)
-        feed_runs(table, servers, rows, paths, bodies, args.feed_seconds, args.feed_rounds,
-                  measure, children, _wait)
+        if not args.quick:
+            variant_runs(table, config, paths, s, max(3, 2 * r), measure, children, _wait)
+            feed_runs(table, servers, rows, paths, bodies, args.feed_seconds, args.feed_rounds,
+                      measure, children, _wait)
         print("web.py floor (bench/floor_app.py: one route, no database, same server):")
         floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
         service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
@@ -357,7 +398,8 @@ def main(argv=None) -> int:
         service = None
         if args.only_service:
             return _report(results, None)
-        results["sync"] = sync_runs(config, servers)
+        if not args.quick:
+            results["sync"] = sync_runs(config, servers)
 
         print("MariaDB floor (sysbench on partition-1's server):", flush=True)
         servers[0].execute("CREATE DATABASE IF NOT EXISTS sbtest")
@@ -365,12 +407,15 @@ def main(argv=None) -> int:
         subprocess.run(["sysbench", "oltp_point_select"] + sysbench_options(servers[0])
                        + ["prepare"], stdout=subprocess.DEVNULL, check=True)
         for test, threads in (("oltp_point_select", 8), ("oltp_update_index", 32)):
-            rate, p99 = sysbench(servers[0], test, threads, s, r)
+            rate, p99, cpu = sysbench(servers[0], test, threads, s, r)
             table.append({"workload": "sysbench %s (%d threads)" % (test, threads), "rate": rate,
-                          "p50": None, "p99": p99, "errors": 0, "cpu": {}})
-            print("  %-34s %10.0f /s  p99 %7.2f ms" % (table[-1]["workload"], rate, p99), flush=True)
+                          "p50": None, "p99": p99, "errors": 0, "cpu": cpu})
+            print("  %-34s %10.0f /s  p99 %7.2f ms  cpu us/transaction %s" % (
+                table[-1]["workload"], rate, p99, per_request_cpu(table[-1])), flush=True)
         for server in servers:
             server.stop()
+        if args.quick:
+            return _report(results, None)
 
         print("etcd 3.4 v2 API:", flush=True)
         etcd_port, peer_port = dbservers.free_port(), dbservers.free_port()
@@ -406,11 +451,13 @@ def _report(results, started_all) -> int:
     by = {row["workload"]: row for row in results["rows"]}
     if "etcd v2 GET" not in by:
         for row in results["rows"]:
-            print("%-40s %10.0f /s  p99 %.2f ms" % (row["workload"], row["rate"], row["p99"]))
+            print("%-40s %10.0f /s  p99 %6.2f ms  cpu us/request %s" % (
+                row["workload"], row["rate"], row["p99"], per_request_cpu(row)))
         if "service GET, base" in by:
             print(variant_summary(by))
         if "feed PUT, with index" in by:
             print(feed_summary(by))
+        print(_target_lines(by))
         return 0
     get_ratio = by["service GET uniform"]["rate"] / by["etcd v2 GET"]["rate"]
     put_ratio = by["service PUT"]["rate"] / by["etcd v2 PUT"]["rate"]
@@ -419,11 +466,13 @@ def _report(results, started_all) -> int:
     name = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     with open(os.path.join(ROOT, "bench", "results", name + ".json"), "w") as f:
         json.dump(results, f, indent=1)
-    print("\n| workload | req/s | p50 ms | p99 ms | CPU s/s |\n| --- | --- | --- | --- | --- |")
+    print("\n| workload | req/s | p50 ms | p99 ms | CPU s/s | CPU us per request |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for row in results["rows"]:
-        print("| %s | %.0f | %s | %.2f | %s |" % (
+        print("| %s | %.0f | %s | %.2f | %s | %s |" % (
             row["workload"], row["rate"], "%.2f" % row["p50"] if row["p50"] is not None else "",
-            row["p99"], " ".join("%s %.2f" % kv for kv in sorted(row["cpu"].items()))))
+            row["p99"], " ".join("%s %.2f" % kv for kv in sorted(row["cpu"].items())),
+            per_request_cpu(row)))
     print("\nload: %.0f rows/s; whole run %.0f s; results in bench/results/%s.json"
           % (results["load_rows_per_second"], results["seconds_total"], name))
     if "sync" in results:
@@ -445,11 +494,29 @@ def _report(results, started_all) -> int:
         print(variant_summary(by))
     if "feed PUT, with index" in by:
         print(feed_summary(by))
-    if "web.py floor (no database)" in by:
-        print("service/web.py floor GET=%.2f" % (
-            by["service GET uniform"]["rate"] / by["web.py floor (no database)"]["rate"]))
+    print(_target_lines(by))
     print("service/etcd GET=%.2f PUT=%.2f" % (get_ratio, put_ratio))
     return 0
+
+
+def _target_lines(by) -> str:
+    """The figures of the speed targets (issue 15), the last of them
+    ``service CPU/floor GET=<ratio> PUT=<ratio>``: the service's CPU per
+    request over web.py's floor's; before it, MariaDB's CPU per PUT over
+    the whole machine's per sysbench update_index transaction."""
+    lines = []
+    update = by.get("sysbench oltp_update_index (32 threads)")
+    put, get = by.get("service PUT"), by.get("service GET uniform")
+    if update and put:
+        lines.append("MariaDB CPU per PUT / sysbench update_index machine CPU per update=%.2f "
+                     "(%.0f us / %.0f us)" % (cpu_us(put, "mariadb") / cpu_us(update, "machine"),
+                                             cpu_us(put, "mariadb"), cpu_us(update, "machine")))
+    floor = by.get("web.py floor (no database)")
+    if floor and put and get:
+        lines.append("service CPU/floor GET=%.2f PUT=%.2f" % (
+            cpu_us(get, "service") / cpu_us(floor, "service"),
+            cpu_us(put, "service") / cpu_us(floor, "service")))
+    return "\n".join(lines)
 
 
 def _wait(url, seconds=30):

@@ -120,19 +120,27 @@ class RouteTable:
             groups = tuple(g for kind, _, g in _parts(pattern) if kind == "choice")
             templates = ({(): UNKNOWN_ROUTE} if route is catch_all
                          else dict(route_templates(pattern)))
-            self.routes.append((re.compile("^%s$" % pattern), route, templates, groups))
+            # anchored as web.py anchors it (\Z: "$" would also match before a final newline)
+            self.routes.append((re.compile(r"^%s\Z" % pattern), route, templates, groups))
         self.catch_all = catch_all
 
-    def match(self, path: str) -> Tuple[Optional[type], str]:
-        """(the route class, its template) of ``path``: the first pattern that
-        matches it, as web.py dispatches; (catch_all, UNKNOWN_ROUTE) if none."""
+    def resolve(self, path: str) -> Tuple[Optional[type], str, Tuple[str, ...]]:
+        """(the route class, its template, the pattern's groups) of ``path``:
+        the first pattern that matches it, as web.py dispatches (the groups
+        are the handler method's arguments); (catch_all, UNKNOWN_ROUTE, ())
+        if none."""
         for pattern, route, templates, groups in self.routes:
             m = pattern.match(path)
             if m is not None:
+                args = m.groups()
                 if groups:
-                    return route, templates[tuple(m.group(g) for g in groups)]
-                return route, templates[()]
-        return self.catch_all, UNKNOWN_ROUTE
+                    return route, templates[tuple(args[g - 1] for g in groups)], args
+                return route, templates[()], args
+        return self.catch_all, UNKNOWN_ROUTE, ()
+
+    def match(self, path: str) -> Tuple[Optional[type], str]:
+        """(the route class, its template) of ``path`` (:meth:`resolve`)."""
+        return self.resolve(path)[:2]
 
     def templates(self) -> List[str]:
         """Every template, in URL-map order."""
