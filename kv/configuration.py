@@ -48,7 +48,7 @@ class PartitionSettings:
     user: str = "kv"
     password: str = dataclasses.field(default="", repr=False)
     database: str = "kv"
-    pool_size: int = 16                    # connections per process (MySQL): one per thread
+    pool_size: int = 20                    # connections per process (MySQL): one per thread
     connect_timeout_seconds: int = 1
     read_timeout_seconds: int = 1
     write_timeout_seconds: int = 1

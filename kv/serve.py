@@ -97,8 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="worker processes (default %(default)s: one per core)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="request threads per worker (default %(default)s; at most the "
-                             "partitions' pool_size)")
+                        help="request threads per worker (default %(default)s; below the "
+                             "partitions' pool_size, default 20: each thread keeps a "
+                             "connection, and the change feed's poller needs one more)")
     parser.add_argument("--config", help="configuration file (default $KV_CONFIG or "
                                          "configuration.cfg)")
     args = parser.parse_args(argv)

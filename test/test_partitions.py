@@ -72,9 +72,9 @@ class MariaDBPartitionTest(PartitionContract, unittest.TestCase):
         self.assertEqual(_put(self.partition, b"locked", b"w").version, 2)
 
     def test_a_full_connection_pool_answers_busy_and_marks_nothing_down(self):
-        import sqlalchemy.exc
+        from kv.storage.threadconn import ConnectionsExhausted
         with mock.patch.object(self.partition, "_acquire",
-                               side_effect=sqlalchemy.exc.TimeoutError("pool")):
+                               side_effect=ConnectionsExhausted("pool")):
             with self.assertRaises(PartitionUnavailable) as caught:
                 self.partition.read_many([(b"default", b"k")])
         self.assertFalse(caught.exception.down)

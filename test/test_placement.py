@@ -72,7 +72,7 @@ class ConfigurationTest(unittest.TestCase):
         self.assertEqual((settings.max_value_bytes, settings.replicas), (1024, 2))
         p1, p2 = settings.partitions
         self.assertTrue(p1.path.endswith("/a.db") and os.path.isabs(p1.path))
-        self.assertEqual((p2.host, p2.port, p2.pool_size, p2.read_timeout_seconds), ("db2", 3306, 16, 1))
+        self.assertEqual((p2.host, p2.port, p2.pool_size, p2.read_timeout_seconds), ("db2", 3306, 20, 1))
         self.assertNotIn("s3cret", repr(settings))
 
     def test_shipped_configuration_loads(self):

@@ -11,13 +11,13 @@ configuration.cfg to a class.
 import os
 import re
 import threading
-import time
 
 from typing import Callable
 
 from kv.configuration import PartitionSettings
 from kv.records import now_us
 from kv.storage.partition import Partition
+from kv.storage.threadconn import ConnectionsExhausted, ThreadConnections
 
 PING_AFTER_IDLE_SECONDS = 1.0   # a pooled connection idle this long is pinged before use
 STATEMENT_SHARE = 0.75          # max_statement_time as a share of read_timeout_seconds
@@ -28,9 +28,10 @@ class MySQLPartition(Partition):
 
     Connections are autocommit (no REPEATABLE READ snapshot is left open
     between requests), READ COMMITTED, with the configured connect/read/write
-    timeouts (seconds), pooled per process by ``sqlalchemy.pool.QueuePool``
-    (``pool_size`` connections, checkout waits at most connect_timeout_seconds),
-    pinged at checkout after PING_AFTER_IDLE_SECONDS idle, so connections broken
+    timeouts (seconds), one per thread that uses the partition
+    (:class:`~kv.storage.threadconn.ThreadConnections`: at most ``pool_size``
+    per process, a thread beyond it waits at most connect_timeout_seconds),
+    pinged before use after PING_AFTER_IDLE_SECONDS idle, so connections broken
     by a server restart are replaced.  Every statement, row-lock waits
     included, is cut by the server at STATEMENT_SHARE of the read timeout
     (``max_statement_time``): a slow lock answers "busy" (MariaDB error 1969)
@@ -54,14 +55,12 @@ class MySQLPartition(Partition):
         super().__init__(settings, clock)
         import MySQLdb
         import MySQLdb.constants.CLIENT
-        import sqlalchemy.exc
         self._driver = MySQLdb
         self._multi_statements = MySQLdb.constants.CLIENT.MULTI_STATEMENTS
-        self._pool_timeout = sqlalchemy.exc.TimeoutError
-        self.driver_errors = (MySQLdb.Error, sqlalchemy.exc.TimeoutError)
-        self._pool = None
-        self._pool_pid = None
-        self._lock = threading.Lock()
+        self.driver_errors = (MySQLdb.Error, ConnectionsExhausted)
+        self._connections = ThreadConnections(
+            self._connect, settings.pool_size, settings.connect_timeout_seconds,
+            PING_AFTER_IDLE_SECONDS, settings.read_timeout_seconds / 2, (MySQLdb.Error,))
 
     def describe(self) -> str:
         s = self.settings
@@ -81,41 +80,10 @@ class MySQLPartition(Partition):
             init_command="SET SESSION tx_isolation = 'READ-COMMITTED', max_statement_time = %.3f"
                          % (0 if schema else s.read_timeout_seconds * STATEMENT_SHARE))
 
-    def _get_pool(self):
-        if self._pool_pid != os.getpid():     # created lazily, again after a fork
-            with self._lock:
-                if self._pool_pid != os.getpid():
-                    from sqlalchemy import event, exc, pool
-                    new = pool.QueuePool(self._connect, pool_size=self.settings.pool_size,
-                                         max_overflow=0, reset_on_return=None,
-                                         timeout=self.settings.connect_timeout_seconds)
-
-                    def checked_in(dbapi_connection, record):
-                        record.info["idle_since"] = time.monotonic()
-
-                    def ping(dbapi_connection, record, proxy):
-                        # Only a connection idle for a while can have been broken
-                        # unseen (server restart, idle timeout): one that fails in
-                        # use is discarded at once.  A broken one is replaced; a
-                        # server that hangs fails after the read timeout: give up,
-                        # so a request waits one timeout only.
-                        idle = time.monotonic() - record.info.get("idle_since", 0.0)
-                        if idle < PING_AFTER_IDLE_SECONDS:
-                            return
-                        started = time.monotonic()
-                        try:
-                            dbapi_connection.ping()
-                        except self._driver.Error:
-                            if time.monotonic() - started >= self.settings.read_timeout_seconds / 2:
-                                raise
-                            raise exc.DisconnectionError() from None
-                    event.listen(new, "checkin", checked_in)
-                    event.listen(new, "checkout", ping)
-                    self._pool, self._pool_pid = new, os.getpid()
-        return self._pool
-
     def _acquire(self, schema: bool = False):
-        return self._connect(schema=True) if schema else self._get_pool().connect()
+        if schema:
+            return self._connect(schema=True)
+        return self._connections.acquire()
 
     def _literal(self, conn):
         # mysql_real_escape_string through the driver, as the driver itself
@@ -133,10 +101,7 @@ class MySQLPartition(Partition):
         return literal
 
     def _release(self, conn, broken):
-        if broken and hasattr(conn, "invalidate"):     # a pooled connection
-            conn.invalidate()
-        else:
-            conn.close()
+        self._connections.release(conn, broken)      # closes a schema connection
 
     # Server errors that mean the connection or the server is gone; every
     # client-library error (2000-2999: cannot connect, server gone, lost
@@ -144,8 +109,8 @@ class MySQLPartition(Partition):
     _GONE = frozenset((1045, 1049, 1053, 1152, 1184, 1927, 4031))
 
     def _classify(self, exc):
-        if isinstance(exc, self._pool_timeout):
-            return "busy"                  # every pooled connection is in use
+        if isinstance(exc, ConnectionsExhausted):
+            return "busy"                  # every connection of this process is in use
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if code in (1062, 1213):           # duplicate key, deadlock
             return "retry"
@@ -156,8 +121,7 @@ class MySQLPartition(Partition):
         return "down"
 
     def close(self):
-        if self._pool is not None and self._pool_pid == os.getpid():
-            self._pool.dispose()
+        self._connections.close()
 
 
 class SQLitePartition(Partition):
