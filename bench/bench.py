@@ -50,9 +50,10 @@ DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "npm-packages.tsv")
 CONNECTIONS = 32
 BUFFER_POOL_MIB = 512   # each partition's data fits, as on a production server
 SERVERS = {   # production WSGI servers measured; granian is the README's choice
-    "granian": lambda port: ["granian", "--interface", "wsgi", "--workers", "2",
-                             "--blocking-threads", "16", "--host", "127.0.0.1", "--port", str(port),
-                             "--factory", "controller:create_application"],
+    # README "Running in production": kv.serve prepares the metrics directory
+    # (prometheus_client's multiprocess mode) and execs granian (2 x 16).
+    "granian": lambda port: ["python", "-m", "kv.serve", "--workers", "2", "--threads", "16",
+                             "127.0.0.1:%d" % port],
     "gunicorn": lambda port: ["gunicorn", "--worker-class", "gthread", "--workers", "2",
                               "--threads", "8", "--bind", "127.0.0.1:%d" % port,
                               "controller:create_application()"],
@@ -364,7 +365,7 @@ def main(argv=None) -> int:
         groups = {"service": lambda: children(service.pid),
                   "mariadb": lambda: [s.process.pid for s in servers]}
         s, r = args.seconds, args.reps
-        print("service (%s, 3 MariaDB partitions, replicas = 2):" % " ".join(command[1:-1]))
+        print("service (%s, 3 MariaDB partitions, replicas = 2):" % " ".join(command[1:]))
         results["server"] = " ".join([os.path.basename(command[0])] + command[1:])
         table = results["rows"]
         table.append(measure("service GET uniform", url, "get", paths, groups, s, r))
@@ -387,7 +388,10 @@ def main(argv=None) -> int:
             feed_runs(table, servers, rows, paths, bodies, args.feed_seconds, args.feed_rounds,
                       measure, children, _wait)
         print("web.py floor (bench/floor_app.py: one route, no database, same server):")
-        floor_command = command[:-1] + [command[-1].replace("controller:", "floor_app:")]
+        floor_command = [os.path.join(os.path.dirname(sys.executable), "granian"), "--interface",
+                         "wsgi", "--workers", "2", "--blocking-threads", "16", "--host",
+                         "127.0.0.1", "--port", str(port), "--factory",
+                         "floor_app:create_application"]       # what kv.serve runs, stock web.py
         service = subprocess.Popen(floor_command, cwd=os.path.join(ROOT, "bench"),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait(url + "/keys/x")

@@ -73,9 +73,13 @@ class KvWatch:
 
     def __init__(self, url, *args):
         self.err = tempfile.TemporaryFile()
+        # Ctrl-C as in a terminal, even when this suite runs as a background
+        # job (whose shell starts it with SIGINT ignored, which children inherit)
         self.process = subprocess.Popen([KV, "--url", url, "watch"] + list(args),
                                         stdout=subprocess.PIPE, stderr=self.err,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                         signal.SIG_DFL))
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -113,6 +113,21 @@ class Connection:
         statements in one round trip (transactions then fold), else None."""
         return None
 
+    def _packet(self, conn) -> Optional[Callable[[bytes], List[tuple]]]:
+        """With :meth:`_literal`: a function sending statements joined by
+        ``;`` in one round trip and returning (rows or None, row count) per
+        statement (:class:`~kv.storage.transaction.Transaction`), else None."""
+        return None
+
+    def _fetch(self, cursor) -> Callable[[str, Sequence], Sequence[tuple]]:
+        """A function running one SELECT outside a transaction and returning
+        its rows, on ``cursor``'s connection (engines may use the driver's
+        lower-level calls: it is the hot read)."""
+        def fetch(sql, params):
+            cursor.execute(self._sql(sql), params)
+            return cursor.fetchall()
+        return fetch
+
     def close(self) -> None:
         """Close the connections of this process."""
 
@@ -158,7 +173,7 @@ class Connection:
             cursor = conn.cursor()
             if transaction:
                 begin = (self.BEGIN,) + (self.STAMP if stamp else ())
-                tx = Transaction(cursor, begin, self._literal(conn))
+                tx = Transaction(cursor, begin, self._literal(conn), self._packet(conn))
                 try:
                     yield tx
                     tx.commit(conn)
@@ -209,6 +224,14 @@ class Connection:
         raise AssertionError("unreachable")
 
     def _select_many(self, cursor, keys: Sequence[Tuple[bytes, bytes]], lock: bool) -> dict:
+        """(bucket, key) -> Record of the rows of ``keys``; ``lock``: in a
+        transaction (``cursor`` a Transaction), FOR UPDATE."""
+        if lock:
+            def fetch(sql, params):
+                cursor.execute(self._sql(sql), params)
+                return cursor.fetchall()
+        else:
+            fetch = self._fetch(cursor)
         by_bucket = {}
         for bucket, key in keys:
             by_bucket.setdefault(bucket, []).append(key)
@@ -216,11 +239,9 @@ class Connection:
         for bucket, names in by_bucket.items():
             for start in range(0, len(names), 500):
                 chunk = names[start:start + 500]
-                cursor.execute(self._sql(
-                    "SELECT " + COLUMNS + " FROM kv_rows WHERE bucket = %s AND k IN ("
-                    + ", ".join(["%s"] * len(chunk)) + ")" + (self.FOR_UPDATE if lock else "")),
-                    [bucket] + chunk)
-                for row in cursor.fetchall():
+                for row in fetch("SELECT " + COLUMNS + " FROM kv_rows WHERE bucket = %s AND k IN ("
+                                 + ", ".join(["%s"] * len(chunk)) + ")"
+                                 + (self.FOR_UPDATE if lock else ""), [bucket] + chunk):
                     record = record_of(row)
                     found[(record.bucket, record.key)] = record
         return found

@@ -19,16 +19,19 @@ class Transaction:
     result is not read.
 
     With ``literal`` (an engine whose driver takes several statements in one
-    round trip; ``literal(value) -> bytes`` quotes a parameter), BEGIN
-    travels with the first statement and the writes, quoted here, with
-    COMMIT: a read-check-write transaction costs two round trips, not four.
-    Writes are sent early when they pass ``FOLD_BYTES``.
+    round trip; ``literal(value) -> bytes`` quotes a parameter) and
+    ``packet`` (``packet(statements bytes) -> [(rows or None, row count)]``,
+    one per statement), BEGIN travels with the first statement and the
+    writes, quoted here, with COMMIT: a read-check-write transaction costs
+    two round trips, not four.  Writes are sent early when they pass
+    ``FOLD_BYTES``.
     """
 
     FOLD_BYTES = 4 << 20
 
-    def __init__(self, cursor, begin: Sequence[str], literal: Optional[Callable[[object], bytes]]):
-        self.cursor, self._literal = cursor, literal
+    def __init__(self, cursor, begin: Sequence[str], literal: Optional[Callable[[object], bytes]],
+                 packet: Optional[Callable[[bytes], List[tuple]]] = None):
+        self.cursor, self._literal, self._packet = cursor, literal, packet
         self._begin: Optional[Sequence[str]] = begin
         self._writes: List[bytes] = []
         self._bytes = 0
@@ -86,12 +89,7 @@ class Transaction:
         returns (rows or None, row count) of each statement of ``tail``."""
         head = [s.encode("ascii") for s in self._begin] if self._begin is not None else []
         skip = len(head) + len(self._writes)
-        cursor, results = self.cursor, []
-        cursor.execute(b"; ".join(head + self._writes + tail))
-        while True:
-            results.append((cursor.fetchall() if cursor.description else None, cursor.rowcount))
-            if cursor.nextset() is None:
-                break
+        results = self._packet(b"; ".join(head + self._writes + tail))
         self._begin, self._writes, self._bytes = None, [], 0
         return results[skip:]
 
