@@ -27,7 +27,7 @@ from bench import ROOT, dbservers, bulk
 
 #: MariaDB status counters printed per request.
 COUNTERS = ("Com_commit", "Questions", "Handler_read_key", "Handler_update",
-            "Innodb_os_log_fsyncs")
+            "Innodb_data_fsyncs")
 
 
 def _status(servers) -> dict:
