@@ -42,7 +42,7 @@ import dbservers  # noqa: E402  (test helper: throwaway mariadbd processes)
 from kvclient import bulk  # noqa: E402
 import sync  # noqa: E402
 from datastore import Datastore  # noqa: E402
-from processes import cpu_seconds  # noqa: E402
+from processes import cpu_seconds, wait_idle  # noqa: E402
 from variants_bench import variant_runs, variant_summary  # noqa: E402
 from feed_bench import feed_runs, feed_summary  # noqa: E402
 
@@ -132,9 +132,11 @@ def children(pid):
 
 def measure(name, url, mode, paths, groups, seconds, reps, bodies=None, per_request=1,
             authorization=None):
-    """Median of ``reps`` wrk runs plus CPU per process group (CPU s per s)."""
+    """Median of ``reps`` wrk runs plus CPU per process group (CPU s per
+    s), each run once the groups are idle (at most 30 s of waiting)."""
     runs, cpu = [], {}
     for _ in range(reps):
+        wait_idle(groups, most=30)          # the last run's requests, a load's flushing
         before = {g: cpu_seconds(pids()) for g, pids in groups.items()}
         started, waited = time.monotonic(), children_cpu()
         runs.append(wrk(url, mode, paths, seconds, bodies, authorization))

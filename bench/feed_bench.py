@@ -52,7 +52,7 @@ from kv.records import Condition, put_record
 from kv.storage.engines import MySQLPartition
 from kv.storage.partition import WriteRequest
 from kvclient import bulk
-from processes import cpu_seconds
+from processes import cpu_seconds, wait_idle
 from variants_bench import _median_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,19 +183,6 @@ class _Watcher:
         self.thread.join(60)
 
 
-def _drain(groups, most=20.0, idle=0.1):
-    """Wait until the processes of ``groups`` are idle (under ``idle`` CPU
-    seconds in half a second), at most ``most`` seconds: wrk leaves up to 32
-    requests in flight when it stops, and 32 batches of 1,000 keys take the
-    servers 2 to 5 s, which would fall on the next run."""
-    deadline = time.monotonic() + most
-    while time.monotonic() < deadline:
-        before = sum(cpu_seconds(pids()) for pids in groups.values())
-        time.sleep(0.5)
-        if sum(cpu_seconds(pids()) for pids in groups.values()) - before < idle:
-            return
-
-
 def _written(servers, database, epochs):
     """The distinct keys of bucket default stamped with ``epochs`` (one per
     server) or later, on any partition."""
@@ -244,7 +231,7 @@ def _direct_block(partition, server, keys, mode):
     of the index entries the writes replaced runs after them)."""
     server_pids = {"mariadbd": lambda: [server.process.pid]}
     _close_all([partition])
-    _drain(server_pids, 10, 0.02)
+    wait_idle(server_pids, 10, 0.02)
     cpu, started = cpu_seconds([server.process.pid]), time.monotonic()
     value = b"direct %f" % started
     if mode == "batch":
@@ -258,7 +245,7 @@ def _direct_block(partition, server, keys, mode):
             partition.write(WriteRequest(b"default", k, lambda current, now, k=k: put_record(
                 b"default", k, value, None, Condition(), current, now), overwrite=(value, None)))
     wall = time.monotonic() - started
-    _drain(server_pids, 10, 0.02)
+    wait_idle(server_pids, 10, 0.02)
     return len(keys), wall, cpu_seconds([server.process.pid]) - cpu
 
 
@@ -342,7 +329,7 @@ def feed_runs(table, servers, rows, paths, bodies, seconds, rounds, measure, chi
                 _close_all(partitions[name])
                 row = measure(*args, **kw)
             found.setdefault(row["workload"], []).append(row)
-            _drain(groups)
+            wait_idle(groups)
 
         for round_ in range(rounds):
             order = names if round_ % 2 == 0 else names[::-1]

@@ -225,13 +225,9 @@ class Connection:
 
     def _select_many(self, cursor, keys: Sequence[Tuple[bytes, bytes]], lock: bool) -> dict:
         """(bucket, key) -> Record of the rows of ``keys``; ``lock``: in a
-        transaction (``cursor`` a Transaction), FOR UPDATE."""
-        if lock:
-            def fetch(sql, params):
-                cursor.execute(self._sql(sql), params)
-                return cursor.fetchall()
-        else:
-            fetch = self._fetch(cursor)
+        transaction (``cursor`` a Transaction, which folds BEGIN into its first
+        statement: the cursor's way), FOR UPDATE."""
+        fetch = Connection._fetch(self, cursor) if lock else self._fetch(cursor)
         by_bucket = {}
         for bucket, key in keys:
             by_bucket.setdefault(bucket, []).append(key)

@@ -1,5 +1,6 @@
 """This module provides the partition engines: MySQL/MariaDB through
-mysqlclient (pooled with SQLAlchemy's QueuePool) and embedded SQLite.
+mysqlclient (one connection per thread, kv.storage.threadconn) and
+embedded SQLite.
 
 Each overrides only what differs from the :class:`kv.storage.partition.Partition`
 contract: connecting, starting a transaction, the placeholder style, quoting

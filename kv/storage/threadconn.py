@@ -3,9 +3,10 @@ so that no pool checkout, checkin or event runs on a request's path.
 
 A thread keeps the connection it opened for its next call: a request
 thread of a worker reuses its own, and with coalescing (coalescing.py)
-only the thread that leads a batch touches one.  In a paired ``make
-bench`` run this took SQLAlchemy's QueuePool (28 us per checkout and
-checkin, measured in one thread) off every query (issue 15).
+only the thread that leads a batch touches one.  This took SQLAlchemy's
+QueuePool (28 us of CPU per checkout and checkin, measured in one thread)
+off every query: in paired runs (bench/paired.py) the service's CPU per
+GET fell from 515 to 460 us, per PUT from 823 to 761 us (issue 15).
 """
 
 import os
